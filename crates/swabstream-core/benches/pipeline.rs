@@ -1,0 +1,98 @@
+//! Core processing speed (SPEC §6): decode → dedupe → validate → project over a
+//! simulated day, on one core, with decoding and the rest measured apart.
+//!
+//! `cargo bench -p swabstream-core --bench pipeline` (set SWABSTREAM_BENCH_PEOPLE
+//! to change the day's size; default 200,000 people).
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use swabstream_core::{CoreConfig, PartitionState, Record};
+use swabstream_events::avro::Codec;
+use swabstream_events::{Event, Timestamp};
+use swabstream_sim::{SimConfig, simulate};
+
+fn day() -> (Vec<Vec<u8>>, Timestamp) {
+    let people = std::env::var("SWABSTREAM_BENCH_PEOPLE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000);
+    let cfg = SimConfig {
+        people,
+        seed: 7,
+        ..SimConfig::default()
+    };
+    let sim = simulate(&cfg);
+    let codec = Codec::shared();
+    let payloads = sim
+        .events
+        .iter()
+        .map(|e| {
+            let mut buf = Vec::with_capacity(160);
+            codec.encode(e, &mut buf);
+            buf
+        })
+        .collect();
+    // Published the day after the simulated one, as the simulator's truth assumes.
+    (payloads, cfg.day.start().plus_secs(2 * 86_400))
+}
+
+fn pipeline(c: &mut Criterion) {
+    let (payloads, ts) = day();
+    let codec = Codec::shared();
+    let n = payloads.len() as u64;
+    let mut g = c.benchmark_group("simulated_day");
+    g.throughput(Throughput::Elements(n));
+    g.sample_size(10);
+
+    g.bench_function("decode", |b| {
+        b.iter(|| {
+            let mut ok = 0usize;
+            for p in &payloads {
+                ok += usize::from(codec.decode(p).is_ok());
+            }
+            ok
+        })
+    });
+
+    let decoded: Vec<Event<'_>> = payloads
+        .iter()
+        .map(|p| codec.decode(p).expect("simulated events decode"))
+        .collect();
+    g.bench_function("dedupe_validate_project", |b| {
+        b.iter_batched_ref(
+            || PartitionState::new(CoreConfig::default()),
+            |state| {
+                let mut dlq = Vec::new();
+                for (i, (e, p)) in decoded.iter().zip(&payloads).enumerate() {
+                    state.apply_event(i as i64, ts, e, p, &mut dlq);
+                }
+                state.take_changes().len()
+            },
+            BatchSize::LargeInput,
+        )
+    });
+
+    g.bench_function("decode_dedupe_validate_project", |b| {
+        b.iter_batched_ref(
+            || PartitionState::new(CoreConfig::default()),
+            |state| {
+                let mut dlq = Vec::new();
+                for (i, p) in payloads.iter().enumerate() {
+                    state.apply(
+                        Record {
+                            offset: i as i64,
+                            timestamp: ts,
+                            payload: Some(p),
+                        },
+                        &mut dlq,
+                    );
+                }
+                state.take_changes().len()
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);

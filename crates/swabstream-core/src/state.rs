@@ -1,0 +1,420 @@
+//! The per-partition state machine of SPEC §3: decode, dedupe, validate, project.
+
+use hashbrown::{HashMap, HashSet};
+use swabstream_events::avro::Codec;
+use swabstream_events::{
+    Body, CodeKind, Day, Event, Identification, Reason, ScanMethod, Timestamp, Verification,
+    district_index,
+};
+use swabstream_views::{ViewRow, ViewSet};
+
+use crate::effects::{DlqRecord, Outcome, OutcomeCounts};
+use crate::keys::{CodeKey, EventKey, PassThrough, PersonDayKey, PersonKey};
+use crate::views::{PartitionViews, table_bytes};
+
+/// How far `occurred_at` may be ahead of the record's Kafka timestamp (SPEC §3: 5 minutes).
+pub const FUTURE_TOLERANCE_SECS: i64 = 5 * 60;
+/// How long before the scan a live code may have been rendered (SPEC §3: 60 s).
+pub const LIVE_BEFORE_SECS: i64 = 60;
+/// How long after the scan a live code may have been rendered (clock skew; SPEC §3: 5 s).
+pub const LIVE_AFTER_SECS: i64 = 5;
+
+/// Settings of the state machine. Every worker of one topic must use the same,
+/// since they decide what the views are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// Days of event time that dedupe and sampling state are kept behind the
+    /// newest accepted `occurred_at` (SPEC §3.2: at least 7).
+    pub retention_days: u16,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig { retention_days: 7 }
+    }
+}
+
+/// A Kafka record as the core sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    pub offset: i64,
+    /// The record's timestamp (CreateTime or LogAppendTime).
+    pub timestamp: Timestamp,
+    /// The record's value; `None` for a record without one (a tombstone).
+    pub payload: Option<&'a [u8]>,
+}
+
+/// A code a person holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CodeState {
+    pub kind: CodeKind,
+    /// For `RELATIVE` codes: whether the relationship is verified now.
+    pub verified: bool,
+    /// When it expires, if it does (`i64::MAX` micros when it does not).
+    pub expires_at: i64,
+}
+
+/// The state of one partition: what it must remember to apply the next record,
+/// and its partial views.
+///
+/// It is a pure function of the records applied so far (SPEC §3): no clock, no
+/// IO, no randomness. Its memory is bounded by the retention rule: event ids and
+/// person-days older than `retention_days` behind the watermark (the newest
+/// accepted `occurred_at`) are forgotten, and so are codes that expired that
+/// long ago. Forgetting is decided when a record is looked up, against the
+/// watermark of that moment; the physical sweep that frees the memory runs
+/// when the watermark's day moves, and never changes an outcome.
+#[derive(Debug)]
+pub struct PartitionState {
+    pub(crate) config: CoreConfig,
+    codec: &'static Codec,
+    /// The offset after the last applied record.
+    pub(crate) next_offset: Option<i64>,
+    /// The newest `occurred_at` among accepted events.
+    pub(crate) watermark: Option<Timestamp>,
+    /// The last day the sweep ran for.
+    pub(crate) swept_for: Option<Day>,
+    /// Seen event ids, with the local day of their `occurred_at`.
+    pub(crate) ids: HashMap<EventKey, Day, PassThrough>,
+    /// Persons sampled on a day (their first valid scan of it was seen).
+    pub(crate) person_days: HashSet<PersonDayKey, PassThrough>,
+    /// Codes held, by (person, code_id).
+    pub(crate) codes: HashMap<CodeKey, CodeState, PassThrough>,
+    pub(crate) views: PartitionViews,
+    pub(crate) counts: OutcomeCounts,
+}
+
+impl PartitionState {
+    /// An empty partition, before its first record.
+    pub fn new(config: CoreConfig) -> Self {
+        PartitionState {
+            config,
+            codec: Codec::shared(),
+            next_offset: None,
+            watermark: None,
+            swept_for: None,
+            ids: HashMap::default(),
+            person_days: HashSet::default(),
+            codes: HashMap::default(),
+            views: PartitionViews::default(),
+            counts: OutcomeCounts::default(),
+        }
+    }
+
+    /// The settings this state was made with.
+    pub fn config(&self) -> CoreConfig {
+        self.config
+    }
+
+    /// The offset after the last applied record; where consumption resumes.
+    pub fn next_offset(&self) -> Option<i64> {
+        self.next_offset
+    }
+
+    /// The newest `occurred_at` among accepted events.
+    pub fn watermark(&self) -> Option<Timestamp> {
+        self.watermark
+    }
+
+    /// How many records ended each way so far.
+    pub fn counts(&self) -> &OutcomeCounts {
+        &self.counts
+    }
+
+    /// Applies one record: decodes it, then applies the event, or sends the
+    /// record to `dlq` as `MALFORMED`.
+    pub fn apply(&mut self, record: Record<'_>, dlq: &mut Vec<DlqRecord>) -> Outcome {
+        if self.is_applied(record.offset) {
+            return self.finish(record.offset, Outcome::Skipped);
+        }
+        let Some(payload) = record.payload else {
+            return self.malformed(record, &[], "the record has no value", dlq);
+        };
+        match self.codec.decode(payload) {
+            Ok(event) => self.apply_event(record.offset, record.timestamp, &event, payload, dlq),
+            Err(e) => self.malformed(record, payload, &e.to_string(), dlq),
+        }
+    }
+
+    /// Applies an already decoded event. `payload` is the record's original
+    /// value, copied to the DLQ if the event is rejected.
+    pub fn apply_event(
+        &mut self,
+        offset: i64,
+        record_ts: Timestamp,
+        event: &Event<'_>,
+        payload: &[u8],
+        dlq: &mut Vec<DlqRecord>,
+    ) -> Outcome {
+        if self.is_applied(offset) {
+            return self.finish(offset, Outcome::Skipped);
+        }
+        let day = event.occurred_at.local_day();
+        let cutoff = self.cutoff_day();
+
+        // Rule 2: exact dedupe, valid or not.
+        let id = EventKey::of(&event.event_id);
+        if let Some(&seen) = self.ids.get(&id) {
+            if seen >= cutoff {
+                self.views.count_duplicate(day);
+                return self.finish(offset, Outcome::Duplicate);
+            }
+        }
+        if day >= cutoff {
+            self.ids.insert(id, day);
+        }
+
+        // Rule 3: validate; rule 4: project.
+        let outcome = match self.validate(event, record_ts) {
+            Err((reason, district)) => {
+                self.views.count_rejection(day, reason, district);
+                dlq.push(DlqRecord {
+                    offset,
+                    reason,
+                    detail: String::new(),
+                    payload: payload.to_vec(),
+                });
+                Outcome::Rejected(reason)
+            }
+            Ok(method) => {
+                self.project(event, method);
+                self.advance_watermark(event.occurred_at);
+                Outcome::Accepted
+            }
+        };
+        self.finish(offset, outcome)
+    }
+
+    /// Applies records in order and returns what they produced; the rows
+    /// changed by the batch are taken with [`Self::take_changes`].
+    pub fn apply_batch<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = Record<'a>>,
+        dlq: &mut Vec<DlqRecord>,
+    ) -> OutcomeCounts {
+        let before = self.counts;
+        for r in records {
+            self.apply(r, dlq);
+        }
+        self.counts.since(&before)
+    }
+
+    /// The rows changed since the last call, with their absolute (partial) values:
+    /// what a worker writes to the view store together with [`Self::next_offset`].
+    pub fn take_changes(&mut self) -> Vec<ViewRow> {
+        self.views.take_changes()
+    }
+
+    /// Every partial row this partition holds.
+    pub fn rows(&self) -> Vec<ViewRow> {
+        self.views.rows()
+    }
+
+    /// This partition's views (summed over its own rows, `percent_using_code` derived).
+    pub fn views(&self) -> ViewSet {
+        ViewSet::from_rows(self.rows())
+    }
+
+    /// Memory held by each part of the state, in bytes (from table capacities).
+    pub fn memory(&self) -> MemoryUsage {
+        MemoryUsage {
+            event_ids: self.ids.len(),
+            event_id_bytes: table_bytes(self.ids.capacity(), size_of::<(EventKey, Day)>()),
+            person_days: self.person_days.len(),
+            person_day_bytes: table_bytes(self.person_days.capacity(), size_of::<PersonDayKey>()),
+            codes: self.codes.len(),
+            code_bytes: table_bytes(self.codes.capacity(), size_of::<(CodeKey, CodeState)>()),
+            view_bytes: self.views.heap_bytes(),
+        }
+    }
+
+    fn is_applied(&self, offset: i64) -> bool {
+        self.next_offset.is_some_and(|next| offset < next)
+    }
+
+    fn finish(&mut self, offset: i64, outcome: Outcome) -> Outcome {
+        self.counts.record(outcome);
+        if outcome != Outcome::Skipped {
+            self.next_offset = Some(offset + 1);
+        }
+        outcome
+    }
+
+    fn malformed(
+        &mut self,
+        record: Record<'_>,
+        payload: &[u8],
+        detail: &str,
+        dlq: &mut Vec<DlqRecord>,
+    ) -> Outcome {
+        // Rule 1: counted on the local day of the record's timestamp, city-wide only.
+        self.views
+            .count_rejection(record.timestamp.local_day(), Reason::Malformed, None);
+        dlq.push(DlqRecord {
+            offset: record.offset,
+            reason: Reason::Malformed,
+            detail: detail.to_owned(),
+            payload: payload.to_vec(),
+        });
+        self.finish(record.offset, Outcome::Rejected(Reason::Malformed))
+    }
+
+    /// The first local day whose state is still kept.
+    fn cutoff_day(&self) -> Day {
+        match self.watermark {
+            Some(w) => Day(w.local_day().0 - i32::from(self.config.retention_days)),
+            None => Day(i32::MIN),
+        }
+    }
+
+    /// Rule 3. On success, for a scan, how the person was identified; on
+    /// failure the reason and, for a scan naming a known district, its index.
+    fn validate(
+        &self,
+        event: &Event<'_>,
+        record_ts: Timestamp,
+    ) -> Result<Option<ScanMethod>, (Reason, Option<u8>)> {
+        let in_future = event.occurred_at > record_ts.plus_secs(FUTURE_TOLERANCE_SECS);
+        let Body::SampleScanned(scan) = &event.body else {
+            return if in_future {
+                Err((Reason::InFuture, None))
+            } else {
+                Ok(None)
+            };
+        };
+        let Some(district) = district_index(&scan.district) else {
+            return Err((Reason::DistrictUnknown, None));
+        };
+        let fail = |reason| Err((reason, Some(district)));
+        if in_future {
+            return fail(Reason::InFuture);
+        }
+        let (code_id, generated_at) = match &scan.identification {
+            Identification::IdDocument => return Ok(Some(ScanMethod::IdDocument)),
+            Identification::DeclaredId => return Ok(Some(ScanMethod::DeclaredId)),
+            Identification::Code {
+                code_id,
+                generated_at,
+            } => (code_id, *generated_at),
+        };
+        let Some(code) = self.code(&CodeKey::of(&event.person_ref, code_id)) else {
+            return fail(Reason::CodeUnknown);
+        };
+        if event.occurred_at.micros() > code.expires_at {
+            return fail(Reason::CodeExpired);
+        }
+        if matches!(code.kind, CodeKind::Dynamic | CodeKind::Relative) {
+            let live = generated_at.is_some_and(|g| {
+                g >= event.occurred_at.plus_secs(-LIVE_BEFORE_SECS)
+                    && g <= event.occurred_at.plus_secs(LIVE_AFTER_SECS)
+            });
+            if !live {
+                return fail(Reason::CodeNotLive);
+            }
+        }
+        if code.kind == CodeKind::Relative && !code.verified {
+            return fail(Reason::RelativeUnverified);
+        }
+        Ok(Some(ScanMethod::of_code(code.kind)))
+    }
+
+    /// A code the person holds, unless it expired more than the retention ago.
+    fn code(&self, key: &CodeKey) -> Option<CodeState> {
+        let code = *self.codes.get(key)?;
+        let forgotten = self.watermark.is_some_and(|w| {
+            code.expires_at
+                < w.plus_secs(-i64::from(self.config.retention_days) * 86_400)
+                    .micros()
+        });
+        (!forgotten).then_some(code)
+    }
+
+    /// Rule 4, and the state changes of valid `CodeIssued` and audits.
+    fn project(&mut self, event: &Event<'_>, method: Option<ScanMethod>) {
+        let day = event.occurred_at.local_day();
+        match &event.body {
+            Body::CodeIssued(c) => {
+                let verified = matches!(
+                    c.verification,
+                    Some(Verification::AutoHousehold | Verification::BirthCertificate)
+                );
+                let state = CodeState {
+                    kind: c.kind,
+                    verified,
+                    expires_at: c.expires_at.map_or(i64::MAX, Timestamp::micros),
+                };
+                self.codes
+                    .insert(CodeKey::of(&event.person_ref, &c.code_id), state);
+                self.views.count_code_issued(day, c.kind, c.channel);
+            }
+            Body::RelativeCodeAudited(a) => {
+                let key = CodeKey::of(&event.person_ref, &a.code_id);
+                if self.code(&key).is_some() {
+                    if let Some(code) = self.codes.get_mut(&key) {
+                        if code.kind == CodeKind::Relative {
+                            code.verified = a.approved;
+                        }
+                    }
+                }
+            }
+            Body::SampleScanned(s) => {
+                let method = method.expect("a valid scan has a method");
+                let district =
+                    district_index(&s.district).expect("a valid scan has a known district");
+                let key = PersonDayKey::new(PersonKey::of(&event.person_ref), day);
+                // A person-day older than the retention counts as unseen, like an event id.
+                let first = day < self.cutoff_day() || self.person_days.insert(key);
+                let first = first.then_some(method);
+                self.views.count_scan(
+                    day,
+                    event.occurred_at.local_hour(),
+                    district,
+                    &s.site_id,
+                    first,
+                );
+            }
+        }
+    }
+
+    fn advance_watermark(&mut self, t: Timestamp) {
+        if self.watermark.is_some_and(|w| w >= t) {
+            return;
+        }
+        self.watermark = Some(t);
+        let day = t.local_day();
+        if self.swept_for != Some(day) {
+            self.swept_for = Some(day);
+            self.sweep();
+        }
+    }
+
+    /// Frees what the retention rule already made invisible.
+    fn sweep(&mut self) {
+        let cutoff = self.cutoff_day();
+        let Some(w) = self.watermark else { return };
+        let code_cutoff = w
+            .plus_secs(-i64::from(self.config.retention_days) * 86_400)
+            .micros();
+        self.ids.retain(|_, day| *day >= cutoff);
+        self.person_days.retain(|k| k.day() >= cutoff);
+        self.codes.retain(|_, c| c.expires_at >= code_cutoff);
+    }
+}
+
+/// Memory held by a partition's state, by part.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryUsage {
+    pub event_ids: usize,
+    pub event_id_bytes: usize,
+    pub person_days: usize,
+    pub person_day_bytes: usize,
+    pub codes: usize,
+    pub code_bytes: usize,
+    pub view_bytes: usize,
+}
+
+impl MemoryUsage {
+    pub fn total(&self) -> usize {
+        self.event_id_bytes + self.person_day_bytes + self.code_bytes + self.view_bytes
+    }
+}
