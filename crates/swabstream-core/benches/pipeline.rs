@@ -15,11 +15,7 @@ fn day() -> (Vec<Vec<u8>>, Timestamp) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200_000);
-    let cfg = SimConfig {
-        people,
-        seed: 7,
-        ..SimConfig::default()
-    };
+    let cfg = SimConfig { people, seed: 7, ..SimConfig::default() };
     let sim = simulate(&cfg);
     let codec = Codec::shared();
     let payloads = sim
@@ -53,10 +49,8 @@ fn pipeline(c: &mut Criterion) {
         })
     });
 
-    let decoded: Vec<Event<'_>> = payloads
-        .iter()
-        .map(|p| codec.decode(p).expect("simulated events decode"))
-        .collect();
+    let decoded: Vec<Event<'_>> =
+        payloads.iter().map(|p| codec.decode(p).expect("simulated events decode")).collect();
     g.bench_function("dedupe_validate_project", |b| {
         b.iter_batched_ref(
             || PartitionState::new(CoreConfig::default()),
@@ -78,13 +72,28 @@ fn pipeline(c: &mut Criterion) {
                 let mut dlq = Vec::new();
                 for (i, p) in payloads.iter().enumerate() {
                     state.apply(
-                        Record {
-                            offset: i as i64,
-                            timestamp: ts,
-                            payload: Some(p),
-                        },
+                        Record { offset: i as i64, timestamp: ts, payload: Some(p) },
                         &mut dlq,
                     );
+                }
+                state.take_changes().len()
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    // What a worker does: batches of consumed records, with prefetching.
+    let records: Vec<Record<'_>> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Record { offset: i as i64, timestamp: ts, payload: Some(p) })
+        .collect();
+    g.bench_function("decode_dedupe_validate_project_batched", |b| {
+        b.iter_batched_ref(
+            || PartitionState::new(CoreConfig::default()),
+            |state| {
+                let mut dlq = Vec::new();
+                for batch in records.chunks(1024) {
+                    state.apply_batch(batch, &mut dlq);
                 }
                 state.take_changes().len()
             },

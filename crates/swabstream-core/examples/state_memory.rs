@@ -39,15 +39,8 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn main() {
-    let people: u64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2_040_000);
-    let cfg = SimConfig {
-        people,
-        seed: 1,
-        ..SimConfig::default()
-    };
+    let people: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(2_040_000);
+    let cfg = SimConfig { people, seed: 1, ..SimConfig::default() };
     let sim = simulate(&cfg);
     let codec = Codec::shared();
     let payloads: Vec<Vec<u8>> = sim
@@ -66,14 +59,7 @@ fn main() {
     let mut state = PartitionState::new(CoreConfig::default());
     let mut dlq = Vec::new();
     for (i, p) in payloads.iter().enumerate() {
-        state.apply(
-            Record {
-                offset: i as i64,
-                timestamp: ts,
-                payload: Some(p),
-            },
-            &mut dlq,
-        );
+        state.apply(Record { offset: i as i64, timestamp: ts, payload: Some(p) }, &mut dlq);
         dlq.clear();
     }
     drop(dlq);
@@ -108,8 +94,5 @@ fn main() {
         per(m.total(), m.person_days)
     );
     println!("total (allocator):                {:>12} B", measured);
-    println!(
-        "snapshot:                         {:>12} B",
-        state.snapshot().len()
-    );
+    println!("snapshot:                         {:>12} B", state.snapshot().len());
 }

@@ -8,10 +8,12 @@
 //! below the rate of hardware faults, and SipHash makes such a pair impractical
 //! to craft on purpose.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::Hasher;
 
 use siphasher::sip128::{Hasher128, SipHasher13};
-use swabstream_events::{Day, PersonRef};
+use swabstream_events::{CodeKind, Day, PersonRef};
+
+use crate::table::Slot;
 
 // Fixed keys: the fingerprints must be the same in every worker and every run,
 // since they live in snapshots. Changing them is a snapshot format change.
@@ -27,7 +29,10 @@ fn sip96(parts: &[&[u8]]) -> [u32; 3] {
         h.write_u8(0xff);
     }
     let f = h.finish128();
-    [f.h1 as u32, (f.h1 >> 32) as u32, f.h2 as u32]
+    let k = [f.h1 as u32, (f.h1 >> 32) as u32, f.h2 as u32];
+    // All zeros marks an empty table slot; the one fingerprint that would
+    // collide with it joins its neighbour instead (a 2⁻⁹⁶ event).
+    if k == [0, 0, 0] { [1, 0, 0] } else { k }
 }
 
 fn low64(k: &[u32; 3]) -> u64 {
@@ -44,24 +49,21 @@ impl EventKey {
     }
 }
 
-impl Hash for EventKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(low64(&self.0));
-    }
-}
-
 /// The fingerprint of a person.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PersonKey(pub [u32; 3]);
 
 impl PersonKey {
+    /// Hashed, not taken from the pseudonym's bytes: a `person_ref` should be
+    /// an HMAC output, but an upstream bug that sends padded or sequential
+    /// values must not merge different persons.
     pub fn of(person: &PersonRef) -> Self {
         PersonKey(sip96(&[&person.0]))
     }
 }
 
 /// A person on a local day: 16 bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PersonDayKey(pub [u32; 4]);
 
 impl PersonDayKey {
@@ -75,15 +77,6 @@ impl PersonDayKey {
     }
 }
 
-impl Hash for PersonDayKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // The same person on consecutive days must not land in neighbouring
-        // buckets by construction; multiplying the day spreads it over all bits.
-        let p = u64::from(self.0[0]) | (u64::from(self.0[1]) << 32);
-        state.write_u64(p ^ u64::from(self.0[3]).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    }
-}
-
 /// The fingerprint of a (person, code_id) pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CodeKey(pub [u32; 3]);
@@ -94,38 +87,101 @@ impl CodeKey {
     }
 }
 
-impl Hash for CodeKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(low64(&self.0));
+/// A seen event id: its fingerprint and the local day of its `occurred_at`. 16 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdSlot {
+    pub key: [u32; 3],
+    pub day: i32,
+}
+
+impl IdSlot {
+    pub fn probe(key: EventKey) -> Self {
+        IdSlot { key: key.0, day: 0 }
     }
 }
 
-/// A hasher for keys that are already fingerprints: it passes the 64 bits
-/// through (and mixes anything else with FNV-1a, which no key here uses).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PassThrough;
-
-#[derive(Debug, Default)]
-pub struct PassThroughHasher(u64);
-
-impl BuildHasher for PassThrough {
-    type Hasher = PassThroughHasher;
-    fn build_hasher(&self) -> PassThroughHasher {
-        PassThroughHasher(0xcbf2_9ce4_8422_2325)
+impl Slot for IdSlot {
+    fn hash(&self) -> u64 {
+        low64(&self.key)
+    }
+    fn same_key(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+    fn is_empty(&self) -> bool {
+        self.key == [0, 0, 0]
+    }
+    fn age(&self) -> i64 {
+        i64::from(self.day)
     }
 }
 
-impl Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
+impl Slot for PersonDayKey {
+    fn hash(&self) -> u64 {
+        // The same person on consecutive days must not land in neighbouring
+        // slots by construction; multiplying the day spreads it over all bits.
+        let p = u64::from(self.0[0]) | (u64::from(self.0[1]) << 32);
+        p ^ u64::from(self.0[3]).wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    fn same_key(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+    fn is_empty(&self) -> bool {
+        self.0[..3] == [0, 0, 0]
+    }
+    fn age(&self) -> i64 {
+        i64::from(self.day().0)
+    }
+}
+
+/// A code a person holds, under the fingerprint of (person, `code_id`). 24 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CodeSlot {
+    pub key: [u32; 3],
+    /// [`CodeKind::index`].
+    kind: u8,
+    /// For `RELATIVE` codes: whether the relationship is verified now.
+    pub verified: bool,
+    /// When it expires, in microseconds (`i64::MAX` when it does not), split
+    /// in two halves so the slot packs into 24 bytes with 4-byte alignment.
+    expires: [u32; 2],
+}
+
+impl CodeSlot {
+    pub fn new(key: CodeKey, kind: CodeKind, verified: bool, expires_at: i64) -> Self {
+        let e = expires_at as u64;
+        CodeSlot {
+            key: key.0,
+            kind: kind.index() as u8,
+            verified,
+            expires: [e as u32, (e >> 32) as u32],
         }
     }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
+
+    pub fn probe(key: CodeKey) -> Self {
+        CodeSlot { key: key.0, ..CodeSlot::default() }
+    }
+
+    pub fn kind(&self) -> CodeKind {
+        CodeKind::from_index(usize::from(self.kind)).unwrap_or(CodeKind::Personal)
+    }
+
+    pub fn expires_at(&self) -> i64 {
+        (u64::from(self.expires[0]) | (u64::from(self.expires[1]) << 32)) as i64
+    }
+}
+
+impl Slot for CodeSlot {
+    fn hash(&self) -> u64 {
+        low64(&self.key)
+    }
+    fn same_key(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+    fn is_empty(&self) -> bool {
+        self.key == [0, 0, 0]
+    }
+    fn age(&self) -> i64 {
+        self.expires_at()
     }
 }
 
@@ -142,10 +198,14 @@ mod tests {
         let q = PersonRef([8; 32]);
         assert_ne!(CodeKey::of(&p, "K1"), CodeKey::of(&q, "K1"));
         assert_ne!(CodeKey::of(&p, "K1"), CodeKey::of(&p, "K2"));
-        assert_eq!(
-            PersonDayKey::new(PersonKey::of(&p), Day(19091)).day(),
-            Day(19091)
-        );
+        assert_eq!(PersonDayKey::new(PersonKey::of(&p), Day(19091)).day(), Day(19091));
         assert_eq!(PersonDayKey::new(PersonKey::of(&p), Day(-3)).day(), Day(-3));
+        assert_eq!(size_of::<IdSlot>(), 16);
+        assert_eq!(size_of::<PersonDayKey>(), 16);
+        assert_eq!(size_of::<CodeSlot>(), 24);
+        let c = CodeSlot::new(CodeKey::of(&p, "K"), CodeKind::Relative, true, -5);
+        assert_eq!((c.kind(), c.verified, c.expires_at()), (CodeKind::Relative, true, -5));
+        let c = CodeSlot::new(CodeKey::of(&p, "K"), CodeKind::Paper, false, i64::MAX);
+        assert_eq!((c.kind(), c.expires_at()), (CodeKind::Paper, i64::MAX));
     }
 }

@@ -20,6 +20,7 @@ mod effects;
 mod keys;
 mod snapshot;
 mod state;
+mod table;
 mod views;
 
 pub use effects::{DlqRecord, Outcome, OutcomeCounts};

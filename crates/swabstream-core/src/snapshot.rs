@@ -11,8 +11,8 @@
 use swabstream_events::{CodeKind, DISTRICTS, Day, Timestamp};
 
 use crate::effects::OutcomeCounts;
-use crate::keys::{CodeKey, EventKey, PersonDayKey};
-use crate::state::{CodeState, CoreConfig, PartitionState};
+use crate::keys::{CodeKey, CodeSlot, IdSlot, PersonDayKey};
+use crate::state::{CoreConfig, PartitionState};
 use crate::views::{CityCounts, DayRows, DistrictCounts, RowBits, SiteCounts, SiteHourKey};
 
 const MAGIC: &[u8; 6] = b"SWSNAP";
@@ -55,34 +55,31 @@ impl PartitionState {
         put_opt_i64(&mut w, self.watermark.map(Timestamp::micros));
         put_opt_i64(&mut w, self.swept_for.map(|d| i64::from(d.0)));
         let c = &self.counts;
-        for v in [c.accepted, c.duplicates, c.skipped]
-            .iter()
-            .chain(c.rejected.iter())
-        {
+        for v in [c.accepted, c.duplicates, c.skipped].iter().chain(c.rejected.iter()) {
             put_u64(&mut w, *v);
         }
 
         put_u64(&mut w, self.ids.len() as u64);
-        for (k, day) in &self.ids {
-            for x in k.0 {
+        for s in self.ids.iter() {
+            for x in s.key {
                 put_u32(&mut w, x);
             }
-            put_i32(&mut w, day.0);
+            put_i32(&mut w, s.day);
         }
         put_u64(&mut w, self.person_days.len() as u64);
-        for k in &self.person_days {
+        for k in self.person_days.iter() {
             for x in k.0 {
                 put_u32(&mut w, x);
             }
         }
         put_u64(&mut w, self.codes.len() as u64);
-        for (k, c) in &self.codes {
-            for x in k.0 {
+        for c in self.codes.iter() {
+            for x in c.key {
                 put_u32(&mut w, x);
             }
-            w.push(c.kind.index() as u8);
+            w.push(c.kind().index() as u8);
             w.push(u8::from(c.verified));
-            put_i64(&mut w, c.expires_at);
+            put_i64(&mut w, c.expires_at());
         }
 
         let v = &self.views;
@@ -95,14 +92,9 @@ impl PartitionState {
         for d in &v.days {
             put_i32(&mut w, d.day.0);
             let c = &d.city;
-            for x in [
-                c.people_sampled,
-                c.using_code,
-                c.valid_scans,
-                c.rescans,
-                c.rejected,
-                c.duplicates,
-            ] {
+            for x in
+                [c.people_sampled, c.using_code, c.valid_scans, c.rescans, c.rejected, c.duplicates]
+            {
                 put_u64(&mut w, x);
             }
             for x in &d.districts {
@@ -166,9 +158,7 @@ impl PartitionState {
         s.next_offset = (next >= 0).then_some(next);
         s.watermark = r.opt_i64()?.map(Timestamp);
         s.swept_for = match r.opt_i64()? {
-            Some(d) => Some(Day(
-                i32::try_from(d).map_err(|_| SnapshotError::Malformed("day"))?
-            )),
+            Some(d) => Some(Day(i32::try_from(d).map_err(|_| SnapshotError::Malformed("day"))?)),
             None => None,
         };
         let mut counts = OutcomeCounts {
@@ -185,14 +175,13 @@ impl PartitionState {
         let n = r.count(16)?;
         s.ids.reserve(n);
         for _ in 0..n {
-            let k = EventKey([r.u32()?, r.u32()?, r.u32()?]);
-            s.ids.insert(k, Day(r.i32()?));
+            let key = [r.u32()?, r.u32()?, r.u32()?];
+            s.ids.insert(IdSlot { key, day: r.i32()? });
         }
         let n = r.count(16)?;
         s.person_days.reserve(n);
         for _ in 0..n {
-            s.person_days
-                .insert(PersonDayKey([r.u32()?, r.u32()?, r.u32()?, r.u32()?]));
+            s.person_days.insert(PersonDayKey([r.u32()?, r.u32()?, r.u32()?, r.u32()?]));
         }
         let n = r.count(22)?;
         s.codes.reserve(n);
@@ -205,14 +194,7 @@ impl PartitionState {
                 1 => true,
                 _ => return Err(SnapshotError::Malformed("code verification")),
             };
-            s.codes.insert(
-                k,
-                CodeState {
-                    kind,
-                    verified,
-                    expires_at: r.i64()?,
-                },
-            );
+            s.codes.insert(CodeSlot::new(k, kind, verified, r.i64()?));
         }
 
         let v = &mut s.views;
@@ -244,17 +226,9 @@ impl PartitionState {
                     rejected: r.u64()?,
                 };
             }
-            let mut rows = DayRows {
-                day,
-                city,
-                districts,
-                ..DayRows::default()
-            };
-            for x in rows
-                .methods
-                .iter_mut()
-                .chain(rows.reasons.iter_mut())
-                .chain(rows.codes.iter_mut())
+            let mut rows = DayRows { day, city, districts, ..DayRows::default() };
+            for x in
+                rows.methods.iter_mut().chain(rows.reasons.iter_mut()).chain(rows.codes.iter_mut())
             {
                 *x = r.u64()?;
             }
@@ -272,19 +246,11 @@ impl PartitionState {
         }
         let n = r.count(4 + 4 + 1 + 16)?;
         for _ in 0..n {
-            let key = SiteHourKey {
-                day: Day(r.i32()?),
-                site: r.u32()?,
-                hour: r.u8()?,
-            };
+            let key = SiteHourKey { day: Day(r.i32()?), site: r.u32()?, hour: r.u8()? };
             if key.site as usize >= v.sites.len() || key.hour > 23 {
                 return Err(SnapshotError::Malformed("site row"));
             }
-            let row = SiteCounts {
-                people_sampled: r.u64()?,
-                valid_scans: r.u64()?,
-                dirty: false,
-            };
+            let row = SiteCounts { people_sampled: r.u64()?, valid_scans: r.u64()?, dirty: false };
             v.site_rows.insert(key, row);
         }
         if !r.buf.is_empty() {
@@ -369,9 +335,7 @@ impl<'a> Reader<'a> {
         let n = self.u64()?;
         let n = usize::try_from(n).map_err(|_| SnapshotError::Malformed("count"))?;
         if n.saturating_mul(min_entry_bytes) > self.buf.len() {
-            return Err(SnapshotError::Malformed(
-                "a count exceeds the bytes present",
-            ));
+            return Err(SnapshotError::Malformed("a count exceeds the bytes present"));
         }
         Ok(n)
     }

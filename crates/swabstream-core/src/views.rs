@@ -103,10 +103,7 @@ impl PartitionViews {
             Some(&i) => i,
             None => {
                 let i = self.days.len() as u32;
-                self.days.push(DayRows {
-                    day,
-                    ..DayRows::default()
-                });
+                self.days.push(DayRows { day, ..DayRows::default() });
                 self.day_index.insert(day, i);
                 i
             }
@@ -242,16 +239,9 @@ impl PartitionViews {
     pub(crate) fn heap_bytes(&self) -> usize {
         self.days.capacity() * size_of::<DayRows>()
             + table_bytes(self.day_index.capacity(), size_of::<(Day, u32)>())
-            + self
-                .sites
-                .iter()
-                .map(|s| s.len() * 2 + size_of::<Box<str>>() * 2)
-                .sum::<usize>()
+            + self.sites.iter().map(|s| s.len() * 2 + size_of::<Box<str>>() * 2).sum::<usize>()
             + table_bytes(self.site_index.capacity(), size_of::<(Box<str>, u32)>())
-            + table_bytes(
-                self.site_rows.capacity(),
-                size_of::<(SiteHourKey, SiteCounts)>(),
-            )
+            + table_bytes(self.site_rows.capacity(), size_of::<(SiteHourKey, SiteCounts)>())
     }
 
     /// Marks every row unchanged (after a restore, the store already holds them).
@@ -273,11 +263,7 @@ pub(crate) fn table_bytes(capacity: usize, entry: usize) -> usize {
     if capacity == 0 {
         return 0;
     }
-    let buckets = if capacity < 8 {
-        capacity + 1
-    } else {
-        (capacity * 8 / 7).next_power_of_two()
-    };
+    let buckets = if capacity < 8 { capacity + 1 } else { (capacity * 8 / 7).next_power_of_two() };
     buckets * (entry + 1) + 16
 }
 

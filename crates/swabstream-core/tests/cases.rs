@@ -58,9 +58,7 @@ fn parse_outcome(s: &str) -> Outcome {
         "accepted" => Outcome::Accepted,
         "duplicate" => Outcome::Duplicate,
         _ => {
-            let reason = s
-                .strip_prefix("rejected ")
-                .unwrap_or_else(|| panic!("bad outcome `{s}`"));
+            let reason = s.strip_prefix("rejected ").unwrap_or_else(|| panic!("bad outcome `{s}`"));
             Outcome::Rejected(
                 Reason::from_str(reason.trim()).unwrap_or_else(|| panic!("bad reason `{reason}`")),
             )
@@ -70,10 +68,7 @@ fn parse_outcome(s: &str) -> Outcome {
 
 fn load_cases() -> Vec<Case> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cases");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     let codec = Codec::shared();
     let mut cases = Vec::new();
@@ -105,8 +100,7 @@ fn load_cases() -> Vec<Case> {
             if line == "== views" {
                 in_views = true;
             } else if in_views {
-                case.expected
-                    .push(line.split_whitespace().collect::<Vec<_>>().join(" "));
+                case.expected.push(line.split_whitespace().collect::<Vec<_>>().join(" "));
             } else if let Some(d) = line.strip_prefix("@day ") {
                 day = d.trim().to_owned();
             } else if let Some(t) = line.strip_prefix("@ts ") {
@@ -114,9 +108,8 @@ fn load_cases() -> Vec<Case> {
                 ts = Timestamp::parse_rfc3339(t.trim_matches('"'))
                     .unwrap_or_else(|e| panic!("{file}:{n}: {e}"));
             } else {
-                let (input, outcome) = line
-                    .rsplit_once("=>")
-                    .unwrap_or_else(|| panic!("{file}:{n}: no `=> outcome`"));
+                let (input, outcome) =
+                    line.rsplit_once("=>").unwrap_or_else(|| panic!("{file}:{n}: no `=> outcome`"));
                 let outcome = parse_outcome(outcome);
                 let input = input.trim();
                 let payload = if let Some(raw) = input.strip_prefix("!raw ") {
@@ -140,10 +133,7 @@ fn hex_or_text(raw: &str) -> Vec<u8> {
     match raw.strip_prefix("hex:") {
         Some(h) => {
             let h: String = h.split_whitespace().collect();
-            (0..h.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
-                .collect()
+            (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect()
         }
         None => raw.as_bytes().to_vec(),
     }
@@ -176,10 +166,7 @@ fn render(views: &ViewSet) -> Vec<String> {
         ));
     }
     for r in &views.rejections_daily {
-        out.push(format!(
-            "rejections_daily {} {} count={}",
-            r.day, r.reason, r.count
-        ));
+        out.push(format!("rejections_daily {} {} count={}", r.day, r.reason, r.count));
     }
     for r in &views.codes_issued_daily {
         out.push(format!(
@@ -219,11 +206,8 @@ fn every_case_gives_its_outcomes_and_views() {
         let mut stepped = PartitionState::new(CoreConfig::default());
         let mut store: BTreeMap<String, ViewRow> = BTreeMap::new();
         for (i, (ts, payload, expected, line)) in case.records.iter().enumerate() {
-            let record = Record {
-                offset: i as i64 * 3 + 7,
-                timestamp: *ts,
-                payload: Some(payload),
-            };
+            let record =
+                Record { offset: i as i64 * 3 + 7, timestamp: *ts, payload: Some(payload) };
             let mut dlq: Vec<DlqRecord> = Vec::new();
             let got = whole.apply(record, &mut dlq);
             if got != *expected {
@@ -283,10 +267,5 @@ fn every_case_gives_its_outcomes_and_views() {
             case.name
         );
     }
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }

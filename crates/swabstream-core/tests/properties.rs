@@ -64,18 +64,11 @@ fn event() -> impl Strategy<Value = Event<'static>> {
                 } else {
                     expires
                 },
-                verification: if kind == CodeKind::Relative {
-                    verification
-                } else {
-                    None
-                },
+                verification: if kind == CodeKind::Relative { verification } else { None },
             })
         });
     let audited = (code_id.clone(), any::<bool>()).prop_map(|(code_id, approved)| {
-        Body::RelativeCodeAudited(RelativeCodeAudited {
-            code_id: code_id.into(),
-            approved,
-        })
+        Body::RelativeCodeAudited(RelativeCodeAudited { code_id: code_id.into(), approved })
     });
     let ident = prop_oneof![
         3 => (code_id, prop::option::of(-90i64..10)).prop_map(|(c, g)| {
@@ -98,30 +91,17 @@ fn event() -> impl Strategy<Value = Event<'static>> {
                 identification,
             })
         });
-    (
-        0u8..40,
-        0u8..4,
-        timestamp(),
-        prop_oneof![2 => issued, 1 => audited, 5 => scanned],
-    )
-        .prop_map(|(id, p, occurred_at, mut body)| {
+    (0u8..40, 0u8..4, timestamp(), prop_oneof![2 => issued, 1 => audited, 5 => scanned]).prop_map(
+        |(id, p, occurred_at, mut body)| {
             // generated_at was drawn as an offset in seconds from occurred_at.
             if let Body::SampleScanned(s) = &mut body {
-                if let Identification::Code {
-                    generated_at: Some(g),
-                    ..
-                } = &mut s.identification
-                {
+                if let Identification::Code { generated_at: Some(g), .. } = &mut s.identification {
                     *g = occurred_at.plus_secs(g.0);
                 }
             }
-            Event {
-                event_id: format!("e{id}").into(),
-                person_ref: person(p),
-                occurred_at,
-                body,
-            }
-        })
+            Event { event_id: format!("e{id}").into(), person_ref: person(p), occurred_at, body }
+        },
+    )
 }
 
 fn record() -> impl Strategy<Value = Rec> {
@@ -148,11 +128,7 @@ fn run(log: &[Rec]) -> (PartitionState, Vec<Outcome>) {
         .enumerate()
         .map(|(i, r)| {
             s.apply(
-                Record {
-                    offset: i as i64,
-                    timestamp: r.ts,
-                    payload: Some(&r.payload),
-                },
+                Record { offset: i as i64, timestamp: r.ts, payload: Some(&r.payload) },
                 &mut dlq,
             )
         })
@@ -163,18 +139,7 @@ fn run(log: &[Rec]) -> (PartitionState, Vec<Outcome>) {
 fn city_without_duplicates(v: &ViewSet) -> Vec<(Day, [u64; 5])> {
     v.city_daily
         .iter()
-        .map(|r| {
-            (
-                r.day,
-                [
-                    r.people_sampled,
-                    r.using_code,
-                    r.valid_scans,
-                    r.rescans,
-                    r.rejected,
-                ],
-            )
-        })
+        .map(|r| (r.day, [r.people_sampled, r.using_code, r.valid_scans, r.rescans, r.rejected]))
         .filter(|(_, c)| c.iter().any(|x| *x > 0))
         .collect()
 }
@@ -192,8 +157,10 @@ proptest! {
         let mut store: BTreeMap<String, ViewRow> = BTreeMap::new();
         let mut start = 0;
         for end in cut_at {
-            let batch = (start..end).map(|i| Record { offset: i as i64, timestamp: log[i].ts, payload: Some(&log[i].payload) });
-            s.apply_batch(batch, &mut Vec::new());
+            let batch: Vec<Record<'_>> = (start..end)
+                .map(|i| Record { offset: i as i64, timestamp: log[i].ts, payload: Some(&log[i].payload) })
+                .collect();
+            s.apply_batch(&batch, &mut Vec::new());
             for row in s.take_changes() {
                 store.insert(key_of(&row), row);
             }

@@ -9,18 +9,12 @@ use swabstream_sim::{SimConfig, simulate};
 use swabstream_views::ViewSet;
 
 fn check(people: u64, seed: u64, day: &str, partitions: usize) {
-    let cfg = SimConfig {
-        people,
-        seed,
-        day: Day::parse(day).unwrap(),
-        ..SimConfig::default()
-    };
+    let cfg = SimConfig { people, seed, day: Day::parse(day).unwrap(), ..SimConfig::default() };
     let sim = simulate(&cfg);
     let codec = Codec::shared();
     let ts = cfg.day.start().plus_secs(2 * 86_400);
-    let mut states: Vec<PartitionState> = (0..partitions)
-        .map(|_| PartitionState::new(CoreConfig::default()))
-        .collect();
+    let mut states: Vec<PartitionState> =
+        (0..partitions).map(|_| PartitionState::new(CoreConfig::default())).collect();
     let mut dlq = Vec::new();
     let mut payload = Vec::new();
     for e in &sim.events {
@@ -28,36 +22,19 @@ fn check(people: u64, seed: u64, day: &str, partitions: usize) {
         codec.encode(e, &mut payload);
         let p = usize::from(e.person_ref.0[0]) % partitions;
         let offset = states[p].next_offset().unwrap_or(0);
-        states[p].apply(
-            Record {
-                offset,
-                timestamp: ts,
-                payload: Some(&payload),
-            },
-            &mut dlq,
-        );
+        states[p].apply(Record { offset, timestamp: ts, payload: Some(&payload) }, &mut dlq);
     }
-    assert!(
-        dlq.iter()
-            .all(|d| d.reason != swabstream_events::Reason::Malformed)
-    );
+    assert!(dlq.iter().all(|d| d.reason != swabstream_events::Reason::Malformed));
     let views = ViewSet::sum(states.iter().map(PartitionState::views));
     let diffs = views.differences(&sim.truth);
     assert!(
         diffs.is_empty(),
         "{people} people, seed {seed}, {partitions} partitions: {} rows differ (left = core, right = truth):\n{}",
         diffs.len(),
-        diffs
-            .iter()
-            .take(40)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        diffs.iter().take(40).cloned().collect::<Vec<_>>().join("\n")
     );
     // And the day was not empty: the comparison compared something.
-    let city = views
-        .city(cfg.day)
-        .expect("the sampling day has a city row");
+    let city = views.city(cfg.day).expect("the sampling day has a city row");
     assert!(city.people_sampled > people / 2, "{city:?}");
 }
 

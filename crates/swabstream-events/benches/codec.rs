@@ -163,10 +163,7 @@ fn bench(c: &mut Criterion) {
     let registry = Arc::new(InMemoryRegistry::new());
     let confluent = WireFormat::new(
         codec.clone(),
-        Framing::Confluent {
-            registry,
-            subject: "sampling-events-value".into(),
-        },
+        Framing::Confluent { registry, subject: "sampling-events-value".into() },
     );
     let framed: Vec<Vec<u8>> = events
         .iter()

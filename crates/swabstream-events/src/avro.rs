@@ -145,11 +145,7 @@ pub enum DecodeError {
 }
 
 fn unknown_framing(first: u8) -> String {
-    let hint = if first == b'{' {
-        " (it looks like JSON)"
-    } else {
-        ""
-    };
+    let hint = if first == b'{' { " (it looks like JSON)" } else { "" };
     format!(
         "unknown framing: first byte {first:#04x} opens neither Avro single-object encoding \
          (C3 01) nor Confluent framing (00){hint}"
@@ -288,18 +284,12 @@ fn pcf(schema: &Schema, defined: &mut std::collections::HashSet<String>, out: &m
         Schema::Double => primitive(out, "double"),
         Schema::Bytes
         | Schema::BigDecimal
-        | Schema::Decimal(DecimalSchema {
-            inner: InnerDecimalSchema::Bytes,
-            ..
-        })
+        | Schema::Decimal(DecimalSchema { inner: InnerDecimalSchema::Bytes, .. })
         | Schema::Uuid(UuidSchema::Bytes) => primitive(out, "bytes"),
         Schema::String | Schema::Uuid(UuidSchema::String) => primitive(out, "string"),
         Schema::Fixed(f)
         | Schema::Duration(f)
-        | Schema::Decimal(DecimalSchema {
-            inner: InnerDecimalSchema::Fixed(f),
-            ..
-        })
+        | Schema::Decimal(DecimalSchema { inner: InnerDecimalSchema::Fixed(f), .. })
         | Schema::Uuid(UuidSchema::Fixed(f)) => fixed(out, defined, f),
         Schema::Union(u) => {
             out.push('[');
@@ -394,10 +384,7 @@ impl Version {
     }
 
     fn parse(text: &str, which: &str) -> Result<Version, SchemaError> {
-        let invalid = |message: String| SchemaError::Invalid {
-            which: which.to_owned(),
-            message,
-        };
+        let invalid = |message: String| SchemaError::Invalid { which: which.to_owned(), message };
         let schema = Schema::parse_str(text).map_err(|e| invalid(e.to_string()))?;
         Version::new(schema).map_err(invalid)
     }
@@ -471,19 +458,12 @@ impl Codec {
         let mut versions = vec![Arc::new(cur)];
         for (i, text) in older.iter().enumerate() {
             let v = Version::parse(text, &format!("older #{}", i + 1))?;
-            if versions
-                .iter()
-                .all(|known| known.fingerprint != v.fingerprint)
-            {
+            if versions.iter().all(|known| known.fingerprint != v.fingerprint) {
                 versions.push(Arc::new(v));
             }
         }
         let codec = Codec {
-            inner: Arc::new(Inner {
-                current_text: current.to_owned(),
-                versions,
-                defaults,
-            }),
+            inner: Arc::new(Inner { current_text: current.to_owned(), versions, defaults }),
         };
         codec.check_carries_model()?;
         Ok(codec)
@@ -558,9 +538,7 @@ impl Codec {
     fn try_encode_general(&self, e: &Event<'_>, out: &mut Vec<u8>) -> Result<(), String> {
         let cur = self.current();
         let value = ToValue { names: &cur.names }.value(&model_value(e), &cur.schema)?;
-        let writer = GenericDatumWriter::builder(&cur.schema)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let writer = GenericDatumWriter::builder(&cur.schema).build().map_err(|e| e.to_string())?;
         writer.write_value(out, value).map_err(|e| e.to_string())?;
         Ok(())
     }
@@ -583,9 +561,7 @@ impl Codec {
     ) -> Result<Event<'a>, DecodeError> {
         match self.version(writer_fingerprint) {
             Some(v) => self.decode_version(v, bytes),
-            None => Err(DecodeError::UnknownSchema(format!(
-                "{writer_fingerprint:016x}"
-            ))),
+            None => Err(DecodeError::UnknownSchema(format!("{writer_fingerprint:016x}"))),
         }
     }
 
@@ -621,40 +597,25 @@ impl Codec {
         v: &Version,
         bytes: &'a [u8],
     ) -> Result<Event<'a>, DecodeError> {
-        if v.hand_coded {
-            decode_v1(bytes)
-        } else {
-            self.decode_general(v, bytes)
-        }
+        if v.hand_coded { decode_v1(bytes) } else { self.decode_general(v, bytes) }
     }
 
     fn decode_general(&self, v: &Version, bytes: &[u8]) -> Result<Event<'static>, DecodeError> {
         // First a scan of our own: it bounds every length by the input, so
         // apache-avro never allocates from a hostile length, and it names the
         // field of a truncation.
-        Scan {
-            names: &v.names,
-            buf: bytes,
-            pos: 0,
-            depth: 0,
-            items: 0,
-        }
-        .datum(&v.schema)?;
+        Scan { names: &v.names, buf: bytes, pos: 0, depth: 0, items: 0 }.datum(&v.schema)?;
         let reader = GenericDatumReader::builder(&v.schema)
             .build()
             .map_err(|e| DecodeError::Malformed(e.to_string()))?;
         let mut rest = bytes;
-        let value = reader
-            .read_value(&mut rest)
-            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let value =
+            reader.read_value(&mut rest).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
             return Err(DecodeError::TrailingBytes(rest.len()));
         }
-        let event = FromValue {
-            names: &v.names,
-            defaults: &self.inner.defaults,
-        }
-        .event(&value, &v.schema)?;
+        let event = FromValue { names: &v.names, defaults: &self.inner.defaults }
+            .event(&value, &v.schema)?;
         event.check_shape()?;
         Ok(event)
     }
@@ -687,9 +648,7 @@ pub fn split_single_object(bytes: &[u8]) -> Result<(u64, &[u8]), DecodeError> {
         return Err(DecodeError::NotSingleObject);
     }
     let Some((fp, datum)) = bytes[2..].split_first_chunk::<8>() else {
-        return Err(DecodeError::Truncated {
-            field: Cow::Borrowed("schema fingerprint"),
-        });
+        return Err(DecodeError::Truncated { field: Cow::Borrowed("schema fingerprint") });
     };
     Ok((u64::from_le_bytes(*fp), datum))
 }
@@ -761,10 +720,7 @@ fn encode_v1(e: &Event<'_>, out: &mut Vec<u8>) {
             put_str(out, &s.tube_id);
             put_str(out, &s.scanner_id);
             match &s.identification {
-                Identification::Code {
-                    code_id,
-                    generated_at,
-                } => {
+                Identification::Code { code_id, generated_at } => {
                     put_index(out, 0);
                     put_str(out, code_id);
                     put_opt_long(out, generated_at.map(|t| t.0));
@@ -847,14 +803,7 @@ impl<'a> Reader<'a> {
                 return Ok((z >> 1) as i64 ^ -((z & 1) as i64));
             }
         }
-        Err(fail(
-            field,
-            if buf.len() >= 10 {
-                FailKind::Integer
-            } else {
-                FailKind::Truncated
-            },
-        ))
+        Err(fail(field, if buf.len() >= 10 { FailKind::Integer } else { FailKind::Truncated }))
     }
 
     /// A union branch index below `n`.
@@ -941,19 +890,15 @@ fn read_scan<'a>(r: &mut Reader<'a>) -> Result<Body<'a>, Fail> {
     let tube = string(r, "tube_id")?;
     let scanner = string(r, "scanner_id")?;
     let method = r.branch("identification", 3)?;
-    let code = if method == 0 {
-        Some(string(r, "identification.code_id")?)
-    } else {
-        None
-    };
+    let code = if method == 0 { Some(string(r, "identification.code_id")?) } else { None };
     let text = std::str::from_utf8(&start[..start.len() - r.buf.len()]).ok();
     let text = |(bytes, range, field): (&'a [u8], std::ops::Range<usize>, &'static str)| match text
         .and_then(|t| t.get(range))
     {
         Some(s) => Ok(Cow::Borrowed(s)),
-        None => std::str::from_utf8(bytes)
-            .map(Cow::Borrowed)
-            .map_err(|_| fail(field, FailKind::Utf8)),
+        None => {
+            std::str::from_utf8(bytes).map(Cow::Borrowed).map_err(|_| fail(field, FailKind::Utf8))
+        }
     };
     let identification = match (method, code) {
         (0, Some(code)) => Identification::Code {
@@ -1009,12 +954,7 @@ fn read_v1<'a>(r: &mut Reader<'a>) -> Result<Event<'a>, Fail> {
         }),
         _ => read_scan(r)?,
     };
-    Ok(Event {
-        event_id,
-        person_ref,
-        occurred_at,
-        body,
-    })
+    Ok(Event { event_id, person_ref, occurred_at, body })
 }
 
 // ---- the general path: a bounds-checking scan -----------------------------------------------
@@ -1034,11 +974,7 @@ struct Scan<'s, 'b> {
 /// The dotted name of a field inside `parent`, as the JSON form names it (the
 /// body's fields sit at the top level there).
 fn child(parent: &str, name: &str) -> String {
-    if parent.is_empty() || parent == "body" {
-        name.to_owned()
-    } else {
-        format!("{parent}.{name}")
-    }
+    if parent.is_empty() || parent == "body" { name.to_owned() } else { format!("{parent}.{name}") }
 }
 
 impl Scan<'_, '_> {
@@ -1051,18 +987,12 @@ impl Scan<'_, '_> {
     }
 
     fn field(path: &str) -> FieldName {
-        Cow::Owned(if path.is_empty() {
-            "(record)".to_owned()
-        } else {
-            path.to_owned()
-        })
+        Cow::Owned(if path.is_empty() { "(record)".to_owned() } else { path.to_owned() })
     }
 
     fn take(&mut self, n: usize, path: &str) -> Result<&[u8], DecodeError> {
         if n > self.buf.len() - self.pos {
-            return Err(DecodeError::Truncated {
-                field: Scan::field(path),
-            });
+            return Err(DecodeError::Truncated { field: Scan::field(path) });
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -1070,17 +1000,11 @@ impl Scan<'_, '_> {
     }
 
     fn long(&mut self, path: &str) -> Result<i64, DecodeError> {
-        let mut r = Reader {
-            buf: &self.buf[self.pos..],
-        };
+        let mut r = Reader { buf: &self.buf[self.pos..] };
         let before = r.buf.len();
         let v = r.long("").map_err(|e| match e.kind {
-            FailKind::Integer => DecodeError::BadInteger {
-                field: Scan::field(path),
-            },
-            _ => DecodeError::Truncated {
-                field: Scan::field(path),
-            },
+            FailKind::Integer => DecodeError::BadInteger { field: Scan::field(path) },
+            _ => DecodeError::Truncated { field: Scan::field(path) },
         })?;
         self.pos += before - r.buf.len();
         Ok(v)
@@ -1089,9 +1013,7 @@ impl Scan<'_, '_> {
     fn int(&mut self, path: &str) -> Result<i64, DecodeError> {
         let v = self.long(path)?;
         if i32::try_from(v).is_err() {
-            return Err(DecodeError::BadInteger {
-                field: Scan::field(path),
-            });
+            return Err(DecodeError::BadInteger { field: Scan::field(path) });
         }
         Ok(v)
     }
@@ -1099,10 +1021,7 @@ impl Scan<'_, '_> {
     fn bytes(&mut self, path: &str) -> Result<&[u8], DecodeError> {
         let len = self.long(path)?;
         if len < 0 {
-            return Err(DecodeError::NegativeLength {
-                field: Scan::field(path),
-                length: len,
-            });
+            return Err(DecodeError::NegativeLength { field: Scan::field(path), length: len });
         }
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         self.take(len, path)
@@ -1111,9 +1030,7 @@ impl Scan<'_, '_> {
     fn string(&mut self, path: &str) -> Result<(), DecodeError> {
         let b = self.bytes(path)?;
         if std::str::from_utf8(b).is_err() {
-            return Err(DecodeError::InvalidUtf8 {
-                field: Scan::field(path),
-            });
+            return Err(DecodeError::InvalidUtf8 { field: Scan::field(path) });
         }
         Ok(())
     }
@@ -1145,9 +1062,7 @@ impl Scan<'_, '_> {
                 self.long(path)?; // the block's size in bytes
             }
             let count = n.unsigned_abs();
-            self.items = self
-                .items
-                .saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
+            self.items = self.items.saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
             if self.items > self.buf.len() {
                 return Err(DecodeError::Malformed(format!(
                     "field `{path}` declares more items than the record has bytes"
@@ -1164,10 +1079,7 @@ impl Scan<'_, '_> {
             Schema::Null => Ok(()),
             Schema::Boolean => match self.take(1, path)?[0] {
                 0 | 1 => Ok(()),
-                byte => Err(DecodeError::BadBoolean {
-                    field: Scan::field(path),
-                    byte,
-                }),
+                byte => Err(DecodeError::BadBoolean { field: Scan::field(path), byte }),
             },
             Schema::Int | Schema::Date | Schema::TimeMillis => self.int(path).map(drop),
             Schema::Long
@@ -1182,36 +1094,24 @@ impl Scan<'_, '_> {
             Schema::Double => self.take(8, path).map(drop),
             Schema::Bytes
             | Schema::BigDecimal
-            | Schema::Decimal(DecimalSchema {
-                inner: InnerDecimalSchema::Bytes,
-                ..
-            })
+            | Schema::Decimal(DecimalSchema { inner: InnerDecimalSchema::Bytes, .. })
             | Schema::Uuid(UuidSchema::Bytes) => self.bytes(path).map(drop),
             Schema::String | Schema::Uuid(UuidSchema::String) => self.string(path),
             Schema::Fixed(f)
             | Schema::Duration(f)
-            | Schema::Decimal(DecimalSchema {
-                inner: InnerDecimalSchema::Fixed(f),
-                ..
-            })
+            | Schema::Decimal(DecimalSchema { inner: InnerDecimalSchema::Fixed(f), .. })
             | Schema::Uuid(UuidSchema::Fixed(f)) => self.take(f.size, path).map(drop),
             Schema::Enum(e) => {
                 let i = self.int(path)?;
                 if i < 0 || i as usize >= e.symbols.len() {
-                    return Err(DecodeError::BadEnumSymbol {
-                        field: Scan::field(path),
-                        index: i,
-                    });
+                    return Err(DecodeError::BadEnumSymbol { field: Scan::field(path), index: i });
                 }
                 Ok(())
             }
             Schema::Union(u) => {
                 let i = self.int(path)?;
                 let Some(branch) = usize::try_from(i).ok().and_then(|i| u.variants().get(i)) else {
-                    return Err(DecodeError::BadUnionIndex {
-                        field: Scan::field(path),
-                        index: i,
-                    });
+                    return Err(DecodeError::BadUnionIndex { field: Scan::field(path), index: i });
                 };
                 self.nested(branch, path)
             }
@@ -1346,10 +1246,9 @@ impl<'c> FromValue<'c> {
     {
         match (v, self.deref(s)) {
             (Value::Record(fields), Schema::Record(schema)) => Ok(Rec { schema, fields }),
-            (v, _) => Err(resolution(
-                field,
-                format_args!("must be a record, the writer has {}", kind(v)),
-            )),
+            (v, _) => {
+                Err(resolution(field, format_args!("must be a record, the writer has {}", kind(v))))
+            }
         }
     }
 
@@ -1362,10 +1261,7 @@ impl<'c> FromValue<'c> {
         {
             return Src::Val(v, &rec.schema.fields[i].schema);
         }
-        match self
-            .defaults
-            .get(&(rec.schema.name.name().to_owned(), name.to_owned()))
-        {
+        match self.defaults.get(&(rec.schema.name.name().to_owned(), name.to_owned())) {
             Some(d) => Src::Default(d),
             None => Src::Absent,
         }
@@ -1382,11 +1278,8 @@ impl<'c> FromValue<'c> {
         let s = match src {
             Src::Val(v, s) => match self.branch(v, s).0 {
                 Value::String(s) => s.clone(),
-                Value::Bytes(b) => {
-                    String::from_utf8(b.clone()).map_err(|_| DecodeError::InvalidUtf8 {
-                        field: Cow::Borrowed(field),
-                    })?
-                }
+                Value::Bytes(b) => String::from_utf8(b.clone())
+                    .map_err(|_| DecodeError::InvalidUtf8 { field: Cow::Borrowed(field) })?,
                 Value::Uuid(u) => u.to_string(),
                 v => {
                     return Err(resolution(
@@ -1477,10 +1370,7 @@ impl<'c> FromValue<'c> {
         match self.opt_symbol(src, field, parse)? {
             Some(t) => Ok(t),
             None if absent => Err(Self::absent(field)),
-            None => Err(resolution(
-                field,
-                "must be an enum symbol, the writer has null",
-            )),
+            None => Err(resolution(field, "must be an enum symbol, the writer has null")),
         }
     }
 
@@ -1503,14 +1393,14 @@ impl<'c> FromValue<'c> {
         const FIELD: &str = "person_ref";
         match src {
             Src::Val(v, s) => match self.branch(v, s).0 {
-                Value::Fixed(_, b) | Value::Bytes(b) => <[u8; 32]>::try_from(b.as_slice())
-                    .map(PersonRef)
-                    .map_err(|_| {
+                Value::Fixed(_, b) | Value::Bytes(b) => {
+                    <[u8; 32]>::try_from(b.as_slice()).map(PersonRef).map_err(|_| {
                         resolution(
                             FIELD,
                             format_args!("must be 32 bytes, the writer has {}", b.len()),
                         )
-                    }),
+                    })
+                }
                 Value::String(s) => PersonRef::parse_hex(s).map_err(|p| resolution(FIELD, p)),
                 v => Err(resolution(
                     FIELD,
@@ -1597,12 +1487,7 @@ impl<'c> FromValue<'c> {
                 ));
             }
         };
-        Ok(Event {
-            event_id,
-            person_ref,
-            occurred_at,
-            body,
-        })
+        Ok(Event { event_id, person_ref, occurred_at, body })
     }
 }
 
@@ -1650,25 +1535,16 @@ fn model_value<'e>(e: &'e Event<'_>) -> Mv<'e> {
                 ("kind", Mv::Symbol(c.kind.as_str())),
                 ("channel", Mv::Symbol(c.channel.as_str())),
                 ("expires_at", opt(c.expires_at, |t| Mv::Instant(t.0))),
-                (
-                    "verification",
-                    opt(c.verification, |v| Mv::Symbol(v.as_str())),
-                ),
+                ("verification", opt(c.verification, |v| Mv::Symbol(v.as_str()))),
             ],
         ),
         Body::RelativeCodeAudited(a) => Mv::Record(
             "RelativeCodeAudited",
-            vec![
-                ("code_id", Mv::Str(&a.code_id)),
-                ("approved", Mv::Bool(a.approved)),
-            ],
+            vec![("code_id", Mv::Str(&a.code_id)), ("approved", Mv::Bool(a.approved))],
         ),
         Body::SampleScanned(s) => {
             let ident = match &s.identification {
-                Identification::Code {
-                    code_id,
-                    generated_at,
-                } => Mv::Record(
+                Identification::Code { code_id, generated_at } => Mv::Record(
                     "CodeIdentification",
                     vec![
                         ("code_id", Mv::Str(code_id)),
@@ -1732,11 +1608,7 @@ impl ToValue<'_> {
         let schema = deref(self.names, schema);
         Ok(match (mv, schema) {
             (_, Schema::Union(u)) => {
-                let Some((i, b)) = u
-                    .variants()
-                    .iter()
-                    .enumerate()
-                    .find(|(_, b)| self.fits(mv, b))
+                let Some((i, b)) = u.variants().iter().enumerate().find(|(_, b)| self.fits(mv, b))
                 else {
                     return Err(format!("no branch of a union takes {}", mv.describe()));
                 };
@@ -1782,11 +1654,7 @@ impl ToValue<'_> {
     fn default(&self, d: &Json, schema: &Schema) -> Result<Value, String> {
         let schema = deref(self.names, schema);
         let bad = || format!("the default {d} does not fit the field's type");
-        let int = || {
-            d.as_i64()
-                .and_then(|x| i32::try_from(x).ok())
-                .ok_or_else(bad)
-        };
+        let int = || d.as_i64().and_then(|x| i32::try_from(x).ok()).ok_or_else(bad);
         let long = || d.as_i64().ok_or_else(bad);
         Ok(match schema {
             Schema::Union(u) => {
@@ -1849,10 +1717,7 @@ impl ToValue<'_> {
 }
 
 fn latin1(d: &Json) -> Option<Vec<u8>> {
-    d.as_str()?
-        .chars()
-        .map(|c| u8::try_from(u32::from(c)).ok())
-        .collect()
+    d.as_str()?.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect()
 }
 
 /// One event of every kind: every body, identification and symbol, optional
@@ -1869,9 +1734,7 @@ fn model_samples() -> Vec<Event<'static>> {
     let mut bodies = Vec::new();
     for (i, &kind) in CodeKind::ALL.iter().enumerate() {
         let verifications: Vec<Option<Verification>> = if kind == CodeKind::Relative {
-            std::iter::once(None)
-                .chain(Verification::ALL.iter().copied().map(Some))
-                .collect()
+            std::iter::once(None).chain(Verification::ALL.iter().copied().map(Some)).collect()
         } else {
             vec![None]
         };
@@ -1901,14 +1764,8 @@ fn model_samples() -> Vec<Event<'static>> {
         }));
     }
     let idents = [
-        Identification::Code {
-            code_id: Cow::Borrowed("K1"),
-            generated_at: Some(t),
-        },
-        Identification::Code {
-            code_id: Cow::Borrowed("K1"),
-            generated_at: None,
-        },
+        Identification::Code { code_id: Cow::Borrowed("K1"), generated_at: Some(t) },
+        Identification::Code { code_id: Cow::Borrowed("K1"), generated_at: None },
         Identification::IdDocument,
         Identification::DeclaredId,
     ];
@@ -1921,11 +1778,7 @@ fn model_samples() -> Vec<Event<'static>> {
             identification,
         }));
     }
-    bodies
-        .into_iter()
-        .enumerate()
-        .map(|(n, b)| event(n, b))
-        .collect()
+    bodies.into_iter().enumerate().map(|(n, b)| event(n, b)).collect()
 }
 
 #[cfg(test)]
@@ -1982,35 +1835,19 @@ mod tests {
 
     #[test]
     fn fast_decoding_lends_strings() {
-        let e = scan(Identification::Code {
-            code_id: Cow::Borrowed("K9"),
-            generated_at: None,
-        });
+        let e = scan(Identification::Code { code_id: Cow::Borrowed("K9"), generated_at: None });
         let mut buf = Vec::new();
         Codec::new().encode(&e, &mut buf);
         let back = Codec::new().decode(&buf).unwrap();
         assert!(matches!(back.event_id, Cow::Borrowed(_)));
-        let Body::SampleScanned(s) = &back.body else {
-            panic!()
-        };
+        let Body::SampleScanned(s) = &back.body else { panic!() };
         assert!(matches!(s.tube_id, Cow::Borrowed(_)));
         assert_eq!(back, e);
     }
 
     #[test]
     fn varints_at_the_edges() {
-        for v in [
-            0,
-            -1,
-            1,
-            63,
-            -64,
-            64,
-            i64::MAX,
-            i64::MIN,
-            i64::MAX - 1,
-            i64::MIN + 1,
-        ] {
+        for v in [0, -1, 1, 63, -64, 64, i64::MAX, i64::MIN, i64::MAX - 1, i64::MIN + 1] {
             let mut buf = Vec::new();
             put_long(&mut buf, v);
             assert!(buf.len() <= 10);
@@ -2024,20 +1861,10 @@ mod tests {
             DecodeError::from(r.long("x").unwrap_err()),
             DecodeError::BadInteger { field: "x".into() }
         );
-        let mut r = Reader {
-            buf: &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
-        };
-        assert!(matches!(
-            r.long("x"),
-            Err(Fail {
-                kind: FailKind::Integer,
-                ..
-            })
-        ));
+        let mut r = Reader { buf: &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02] };
+        assert!(matches!(r.long("x"), Err(Fail { kind: FailKind::Integer, .. })));
         // Overlong but in range: accepted, as Avro readers do.
-        let mut r = Reader {
-            buf: &[0x82, 0x80, 0x00],
-        };
+        let mut r = Reader { buf: &[0x82, 0x80, 0x00] };
         assert_eq!(r.long("x").unwrap(), 1);
     }
 
@@ -2049,20 +1876,12 @@ mod tests {
         put_long(&mut buf, 1 << 62);
         buf.extend_from_slice(b"abc");
         let err = c.decode_resolving(c.schema(), &buf).unwrap_err();
-        assert_eq!(
-            err,
-            DecodeError::Truncated {
-                field: "event_id".into()
-            }
-        );
+        assert_eq!(err, DecodeError::Truncated { field: "event_id".into() });
         let mut buf = Vec::new();
         put_long(&mut buf, -5);
         assert_eq!(
             c.decode_resolving(c.schema(), &buf).unwrap_err(),
-            DecodeError::NegativeLength {
-                field: "event_id".into(),
-                length: -5
-            }
+            DecodeError::NegativeLength { field: "event_id".into(), length: -5 }
         );
     }
 
@@ -2081,10 +1900,7 @@ mod tests {
             c.decode_resolving(c.schema(), cut).unwrap_err().field(),
             Some("identification.generated_at")
         );
-        assert_eq!(
-            decode_v1(cut).unwrap_err().field(),
-            Some("identification.generated_at")
-        );
+        assert_eq!(decode_v1(cut).unwrap_err().field(), Some("identification.generated_at"));
     }
 
     #[test]
@@ -2104,13 +1920,7 @@ mod tests {
             r#"{"name": "approved", "type": "boolean"}, {"name": "auditor", "type": "string"}"#,
         );
         let err = Codec::with_schemas(&text, &[]).unwrap_err().to_string();
-        assert!(
-            err.contains("auditor") && err.contains("no default"),
-            "{err}"
-        );
-        assert!(matches!(
-            Codec::with_schemas("{", &[]),
-            Err(SchemaError::Invalid { .. })
-        ));
+        assert!(err.contains("auditor") && err.contains("no default"), "{err}");
+        assert!(matches!(Codec::with_schemas("{", &[]), Err(SchemaError::Invalid { .. })));
     }
 }

@@ -101,10 +101,7 @@ impl SchemaRegistry for InMemoryRegistry {
     fn schema_by_id(&self, id: u32) -> Result<String, RegistryError> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let index = usize::try_from(id).ok().and_then(|i| i.checked_sub(1));
-        index
-            .and_then(|i| state.schemas.get(i))
-            .cloned()
-            .ok_or(RegistryError::UnknownId(id))
+        index.and_then(|i| state.schemas.get(i)).cloned().ok_or(RegistryError::UnknownId(id))
     }
 }
 
@@ -116,10 +113,7 @@ pub enum Framing {
     /// Confluent framing: `00`, 4-byte big-endian schema id, datum. The
     /// codec's schema is registered under `subject` (`<topic>-value` by the
     /// registry's default naming) on first use.
-    Confluent {
-        registry: Arc<dyn SchemaRegistry>,
-        subject: String,
-    },
+    Confluent { registry: Arc<dyn SchemaRegistry>, subject: String },
 }
 
 /// Why an event could not be written.
@@ -128,10 +122,7 @@ pub enum Framing {
 pub enum EncodeError {
     /// Registering the writer's schema with the schema registry failed.
     #[error("registering the writer's schema under subject `{subject}`: {source}")]
-    Register {
-        subject: String,
-        source: RegistryError,
-    },
+    Register { subject: String, source: RegistryError },
 }
 
 /// The wire format of the `sampling-events` topic: a [`Codec`] and a
@@ -216,10 +207,7 @@ impl WireFormat {
         }
         let id = registry
             .register(subject, self.codec.schema_text())
-            .map_err(|source| EncodeError::Register {
-                subject: subject.to_owned(),
-                source,
-            })?;
+            .map_err(|source| EncodeError::Register { subject: subject.to_owned(), source })?;
         // Two threads may both register; the registry gives both the same id.
         let id = *self.write_id.get_or_init(|| id);
         if let Some(v) = self.codec.version(self.codec.fingerprint()) {
@@ -231,15 +219,11 @@ impl WireFormat {
     /// Decodes a record in either framing, told apart by its first bytes.
     pub fn decode<'a>(&self, bytes: &'a [u8]) -> Result<Event<'a>, DecodeError> {
         match bytes.first() {
-            None => Err(DecodeError::Truncated {
-                field: "framing header".into(),
-            }),
+            None => Err(DecodeError::Truncated { field: "framing header".into() }),
             Some(&b) if b == SINGLE_OBJECT_MARKER[0] => self.codec.decode(bytes),
             Some(&CONFLUENT_MAGIC) => {
                 let Some((id, datum)) = bytes[1..].split_first_chunk::<4>() else {
-                    return Err(DecodeError::Truncated {
-                        field: "schema id".into(),
-                    });
+                    return Err(DecodeError::Truncated { field: "schema id".into() });
                 };
                 let id = u32::from_be_bytes(*id);
                 if let Some((first, v)) = self.first.get()
@@ -247,12 +231,7 @@ impl WireFormat {
                 {
                     return self.codec.decode_version(v, datum);
                 }
-                if let Some(v) = self
-                    .by_id
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&id)
-                {
+                if let Some(v) = self.by_id.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
                     return self.codec.decode_version(v, datum);
                 }
                 let v = self.fetch(id)?;
@@ -265,17 +244,11 @@ impl WireFormat {
     /// Fetches the writer's schema of a Confluent id from the registry, and
     /// caches it. Failures are not cached: the next record asks again.
     fn fetch(&self, id: u32) -> Result<Arc<Version>, DecodeError> {
-        let registry = self
-            .registry
-            .as_ref()
-            .ok_or(DecodeError::NoRegistry { id })?;
-        let text = registry
-            .schema_by_id(id)
-            .map_err(|source| DecodeError::Registry { id, source })?;
-        let schema = Schema::parse_str(&text).map_err(|e| DecodeError::RegistrySchema {
-            id,
-            message: e.to_string(),
-        })?;
+        let registry = self.registry.as_ref().ok_or(DecodeError::NoRegistry { id })?;
+        let text =
+            registry.schema_by_id(id).map_err(|source| DecodeError::Registry { id, source })?;
+        let schema = Schema::parse_str(&text)
+            .map_err(|e| DecodeError::RegistrySchema { id, message: e.to_string() })?;
         let v = self
             .codec
             .prepare(&schema)
@@ -286,10 +259,7 @@ impl WireFormat {
 
     fn remember(&self, id: u32, v: Arc<Version>) {
         let _ = self.first.set((id, v.clone()));
-        self.by_id
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, v);
+        self.by_id.write().unwrap_or_else(|p| p.into_inner()).insert(id, v);
     }
 
     /// The writer's schema fingerprint of each Confluent id read or written so far.

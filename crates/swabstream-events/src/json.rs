@@ -36,10 +36,7 @@ pub enum JsonError {
 
 impl JsonError {
     fn field(field: &str, problem: impl Into<String>) -> Self {
-        JsonError::Field {
-            field: field.to_owned(),
-            problem: problem.into(),
-        }
+        JsonError::Field { field: field.to_owned(), problem: problem.into() }
     }
 
     /// The field this error is about, when it is about one.
@@ -77,10 +74,7 @@ pub fn event_from_value(
     let f = Fields { obj, prefix: "" };
     let type_name = f.string("type")?;
     // The type decides which fields are required, so an unknown one is reported first.
-    if !matches!(
-        type_name,
-        "CodeIssued" | "RelativeCodeAudited" | "SampleScanned"
-    ) {
+    if !matches!(type_name, "CodeIssued" | "RelativeCodeAudited" | "SampleScanned") {
         return Err(JsonError::field(
             "type",
             format!(
@@ -95,16 +89,8 @@ pub fn event_from_value(
     let body = match type_name {
         "CodeIssued" => Body::CodeIssued(CodeIssued {
             code_id: Cow::Owned(f.string("code_id")?.to_owned()),
-            kind: f.symbol(
-                "kind",
-                CodeKind::from_str,
-                "PERSONAL, PAPER, DYNAMIC or RELATIVE",
-            )?,
-            channel: f.symbol(
-                "channel",
-                Channel::from_str,
-                "APP, WECHAT, ALIPAY or OFFLINE",
-            )?,
+            kind: f.symbol("kind", CodeKind::from_str, "PERSONAL, PAPER, DYNAMIC or RELATIVE")?,
+            channel: f.symbol("channel", Channel::from_str, "APP, WECHAT, ALIPAY or OFFLINE")?,
             expires_at: f.optional("expires_at", |f| f.timestamp("expires_at"))?,
             verification: f.optional("verification", |f| {
                 f.symbol(
@@ -126,10 +112,7 @@ pub fn event_from_value(
                     format!("must be an object, found {}", kind_of(ident)),
                 )
             })?;
-            let i = Fields {
-                obj: ident_obj,
-                prefix: "identification.",
-            };
+            let i = Fields { obj: ident_obj, prefix: "identification." };
             let identification = match i.string("method")? {
                 "CODE" => Identification::Code {
                     code_id: Cow::Owned(i.string("code_id")?.to_owned()),
@@ -157,15 +140,8 @@ pub fn event_from_value(
         }
         _ => unreachable!("the type was checked above"),
     };
-    let event = Event {
-        event_id: Cow::Owned(event_id.to_owned()),
-        person_ref,
-        occurred_at,
-        body,
-    };
-    event
-        .check_shape()
-        .map_err(|e| JsonError::field(e.field, e.problem))?;
+    let event = Event { event_id: Cow::Owned(event_id.to_owned()), person_ref, occurred_at, body };
+    event.check_shape().map_err(|e| JsonError::field(e.field, e.problem))?;
     Ok(event)
 }
 
@@ -183,17 +159,15 @@ fn person_ref(
             .map_err(|p| JsonError::field("person_ref", p)),
         (None, Some(_), Some(key)) => {
             let id = f.string("id_number")?;
-            key.person_ref(id)
-                .map_err(|p| JsonError::field("id_number", p))
+            key.person_ref(id).map_err(|p| JsonError::field("id_number", p))
         }
         (None, Some(_), None) => Err(JsonError::field(
             "id_number",
             "is not accepted here: send person_ref, the pseudonym, instead",
         )),
-        (None, None, Some(_)) => Err(JsonError::field(
-            "person_ref",
-            "is missing (or send id_number)",
-        )),
+        (None, None, Some(_)) => {
+            Err(JsonError::field("person_ref", "is missing (or send id_number)"))
+        }
     }
 }
 
@@ -229,10 +203,7 @@ impl<'v> Fields<'v> {
     fn string(&self, field: &str) -> Result<&'v str, JsonError> {
         let v = self.get(field)?;
         v.as_str().ok_or_else(|| {
-            JsonError::field(
-                &self.name(field),
-                format!("must be a string, found {}", kind_of(v)),
-            )
+            JsonError::field(&self.name(field), format!("must be a string, found {}", kind_of(v)))
         })
     }
 
@@ -259,10 +230,7 @@ impl<'v> Fields<'v> {
     ) -> Result<T, JsonError> {
         let s = self.string(field)?;
         parse(s).ok_or_else(|| {
-            JsonError::field(
-                &self.name(field),
-                format!("must be {allowed}, found `{}`", clip(s)),
-            )
+            JsonError::field(&self.name(field), format!("must be {allowed}, found `{}`", clip(s)))
         })
     }
 }
@@ -335,11 +303,7 @@ impl Serialize for IdentForm<'_, '_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("method", self.0.method_name())?;
-        if let Identification::Code {
-            code_id,
-            generated_at,
-        } = self.0
-        {
+        if let Identification::Code { code_id, generated_at } = self.0 {
             m.serialize_entry("code_id", &**code_id)?;
             if let Some(t) = generated_at {
                 m.serialize_entry("generated_at", &t.to_rfc3339())?;
@@ -463,10 +427,8 @@ mod tests {
 
     #[test]
     fn id_numbers_are_pseudonymised_only_with_a_key() {
-        let text = scan(r#","identification":{"method":"DECLARED_ID"}"#).replace(
-            &format!(r#""person_ref":"{P}""#),
-            r#""id_number":"31010419800101123X""#,
-        );
+        let text = scan(r#","identification":{"method":"DECLARED_ID"}"#)
+            .replace(&format!(r#""person_ref":"{P}""#), r#""id_number":"31010419800101123X""#);
         assert_eq!(
             parse_event(&text).unwrap_err().to_string(),
             "field `id_number` is not accepted here: send person_ref, the pseudonym, instead"

@@ -25,10 +25,7 @@ impl PersonRef {
         if s.len() != 64 {
             return Err("must be 64 lowercase hex characters");
         }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err("must be 64 lowercase hex characters");
         }
         let mut out = [0u8; 32];
@@ -120,10 +117,7 @@ pub struct SampleScanned<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Identification<'a> {
     /// A code was scanned; `generated_at` is when a live code was rendered on screen.
-    Code {
-        code_id: Cow<'a, str>,
-        generated_at: Option<Timestamp>,
-    },
+    Code { code_id: Cow<'a, str>, generated_at: Option<Timestamp> },
     /// Registered by hand from an ID document.
     IdDocument,
     /// Registered by hand from an ID number declared on the spot.
@@ -291,10 +285,7 @@ pub const DISTRICTS: [(&str, &str, u32); 16] = [
 /// The position of a district code in [`DISTRICTS`], or `None` for an unknown code.
 pub fn district_index(code: &str) -> Option<u8> {
     // Sixteen six-byte comparisons beat hashing here, and the table stays the one truth.
-    DISTRICTS
-        .iter()
-        .position(|(c, _, _)| *c == code)
-        .map(|i| i as u8)
+    DISTRICTS.iter().position(|(c, _, _)| *c == code).map(|i| i as u8)
 }
 
 impl Event<'_> {
@@ -322,10 +313,7 @@ impl Event<'_> {
                     tube_id: Cow::Owned(s.tube_id.into_owned()),
                     scanner_id: Cow::Owned(s.scanner_id.into_owned()),
                     identification: match s.identification {
-                        Identification::Code {
-                            code_id,
-                            generated_at,
-                        } => Identification::Code {
+                        Identification::Code { code_id, generated_at } => Identification::Code {
                             code_id: Cow::Owned(code_id.into_owned()),
                             generated_at,
                         },
@@ -348,10 +336,7 @@ impl Event<'_> {
             Body::CodeIssued(c) => {
                 check_id("code_id", &c.code_id)?;
                 if c.kind == CodeKind::Paper && c.expires_at.is_none() {
-                    return Err(ShapeError::new(
-                        "expires_at",
-                        "is required for a PAPER code",
-                    ));
+                    return Err(ShapeError::new("expires_at", "is required for a PAPER code"));
                 }
                 if c.verification.is_some() && c.kind != CodeKind::Relative {
                     return Err(ShapeError::new(

@@ -66,9 +66,7 @@ impl Timestamp {
         )?;
         let nanos = dt.unix_timestamp_nanos();
         let micros = nanos.div_euclid(1000);
-        i64::try_from(micros)
-            .map(Timestamp)
-            .map_err(|_| "is out of range")
+        i64::try_from(micros).map(Timestamp).map_err(|_| "is out of range")
     }
 
     /// RFC 3339 text in the city's offset, e.g. `2022-04-09T08:15:00+08:00`;

@@ -103,25 +103,17 @@ fn fingerprints_follow_the_avro_specification() {
     // Test vectors of the Avro specification (share/test/data/schema-tests.txt).
     assert_eq!(crc64_avro(br#""null""#), 7_195_948_357_588_979_594);
     assert_eq!(crc64_avro(br#""int""#), 8_247_732_601_305_521_295);
-    assert_eq!(
-        crc64_avro(br#""boolean""#) as i64,
-        -6_970_731_678_124_411_036
-    );
+    assert_eq!(crc64_avro(br#""boolean""#) as i64, -6_970_731_678_124_411_036);
     // Logical types reduce to their underlying primitive, as in Java's SchemaNormalization.
     let ts = Schema::parse_str(r#"{"type":"long","logicalType":"timestamp-micros"}"#).unwrap();
     assert_eq!(parsing_canonical_form(&ts), r#""long""#);
     // Without logical types, ours and apache-avro's canonical forms agree.
-    let plain = SCHEMA_V1.replace(
-        r#"{"type": "long", "logicalType": "timestamp-micros"}"#,
-        r#""long""#,
-    );
+    let plain =
+        SCHEMA_V1.replace(r#"{"type": "long", "logicalType": "timestamp-micros"}"#, r#""long""#);
     assert_ne!(plain, SCHEMA_V1);
     let plain = Schema::parse_str(&plain).unwrap();
     assert_eq!(parsing_canonical_form(&plain), plain.canonical_form());
-    assert_eq!(
-        parsing_canonical_form(&v1()),
-        parsing_canonical_form(&plain)
-    );
+    assert_eq!(parsing_canonical_form(&v1()), parsing_canonical_form(&plain));
     // Named types met again are referred to by full name; arrays and maps.
     let text = r#"{"type":"record","name":"R","namespace":"n","doc":"x","fields":[
         {"name":"a","type":{"type":"enum","name":"E","symbols":["X","Y"]},"default":"X"},
@@ -195,10 +187,7 @@ fn every_truncation_is_an_error_naming_a_field() {
     );
     assert_eq!(err(&buf[..10]).field(), Some("event_id"));
     assert_eq!(err(&buf[..20]).field(), Some("person_ref"));
-    assert_eq!(
-        err(&buf[..buf.len() - 1]).field(),
-        Some("identification.generated_at")
-    );
+    assert_eq!(err(&buf[..buf.len() - 1]).field(), Some("identification.generated_at"));
 }
 
 #[test]
@@ -219,10 +208,7 @@ fn unknown_fingerprint() {
     let e = err(&buf);
     assert!(matches!(e, DecodeError::UnknownSchema(_)), "{e}");
     let msg = e.to_string();
-    assert!(
-        msg.contains(&format!("{:016x}", V1_FINGERPRINT ^ 0xff)),
-        "{msg}"
-    );
+    assert!(msg.contains(&format!("{:016x}", V1_FINGERPRINT ^ 0xff)), "{msg}");
     assert!(msg.contains("add its .avsc to schemas/"), "{msg}");
 }
 
@@ -231,21 +217,12 @@ fn bad_union_and_enum_indices() {
     let mut d = scan_datum(b"T-1", 3);
     assert_eq!(
         err(&framed(&d)),
-        DecodeError::BadUnionIndex {
-            field: "identification".into(),
-            index: 3
-        }
+        DecodeError::BadUnionIndex { field: "identification".into(), index: 3 }
     );
     // body branch 3
     d[3 + 1 + 32 + 1] = 0x06;
     let e = err(&framed(&d));
-    assert_eq!(
-        e,
-        DecodeError::BadUnionIndex {
-            field: "body".into(),
-            index: 3
-        }
-    );
+    assert_eq!(e, DecodeError::BadUnionIndex { field: "body".into(), index: 3 });
     assert_eq!(
         e.to_string(),
         "field `body` selects union branch 3, which the writer's schema does not have"
@@ -255,32 +232,17 @@ fn bad_union_and_enum_indices() {
     *d.last_mut().unwrap() = 0x01;
     assert_eq!(
         err(&framed(&d)),
-        DecodeError::BadUnionIndex {
-            field: "identification".into(),
-            index: -1
-        }
+        DecodeError::BadUnionIndex { field: "identification".into(), index: -1 }
     );
     // CodeIssued with kind 4.
     let mut c = Vec::new();
     c.extend_from_slice(&[0x02, b'c']);
     c.extend_from_slice(&[1; 32]);
     c.extend_from_slice(&[0x00, 0x00, 0x02, b'K', 0x08, 0x00, 0x00, 0x00]);
-    assert_eq!(
-        err(&framed(&c)),
-        DecodeError::BadEnumSymbol {
-            field: "kind".into(),
-            index: 4
-        }
-    );
+    assert_eq!(err(&framed(&c)), DecodeError::BadEnumSymbol { field: "kind".into(), index: 4 });
     c[2 + 32 + 4] = 0x06; // kind RELATIVE
     c[2 + 32 + 5] = 0x08; // channel 4
-    assert_eq!(
-        err(&framed(&c)),
-        DecodeError::BadEnumSymbol {
-            field: "channel".into(),
-            index: 4
-        }
-    );
+    assert_eq!(err(&framed(&c)), DecodeError::BadEnumSymbol { field: "channel".into(), index: 4 });
     c[2 + 32 + 5] = 0x00;
     assert!(Codec::shared().decode(&framed(&c)).is_ok());
 }
@@ -288,12 +250,7 @@ fn bad_union_and_enum_indices() {
 #[test]
 fn invalid_utf8_names_the_field() {
     let e = err(&framed(&scan_datum(&[b'T', 0xff, 0xfe], 1)));
-    assert_eq!(
-        e,
-        DecodeError::InvalidUtf8 {
-            field: "tube_id".into()
-        }
-    );
+    assert_eq!(e, DecodeError::InvalidUtf8 { field: "tube_id".into() });
     assert_eq!(e.to_string(), "field `tube_id` is not valid UTF-8");
 }
 
@@ -309,24 +266,13 @@ fn a_length_past_the_end_never_allocates() {
     // tube_id claims 2^62 bytes.
     let mut d = scan_datum(b"T-1", 1);
     let at = d.iter().rposition(|&b| b == b'T').unwrap() - 1;
-    d.splice(
-        at..at + 1,
-        [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01],
-    );
-    assert_eq!(
-        err(&framed(&d)),
-        DecodeError::Truncated {
-            field: "tube_id".into()
-        }
-    );
+    d.splice(at..at + 1, [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]);
+    assert_eq!(err(&framed(&d)), DecodeError::Truncated { field: "tube_id".into() });
     let mut d = scan_datum(b"T-1", 1);
     d[0] = 0x05; // event_id length -3
     assert_eq!(
         err(&framed(&d)),
-        DecodeError::NegativeLength {
-            field: "event_id".into(),
-            length: -3
-        }
+        DecodeError::NegativeLength { field: "event_id".into(), length: -3 }
     );
 }
 
@@ -335,13 +281,7 @@ fn a_bad_boolean() {
     let mut d = vec![0x02, b'a'];
     d.extend_from_slice(&[1; 32]);
     d.extend_from_slice(&[0x00, 0x02, 0x02, b'K', 0x02]);
-    assert_eq!(
-        err(&framed(&d)),
-        DecodeError::BadBoolean {
-            field: "approved".into(),
-            byte: 2
-        }
-    );
+    assert_eq!(err(&framed(&d)), DecodeError::BadBoolean { field: "approved".into(), byte: 2 });
 }
 
 #[test]
@@ -350,28 +290,17 @@ fn shape_rules_apply_after_decoding() {
     e.event_id = Cow::Owned("x".repeat(65));
     let err_ = err(&encoded(&e));
     assert_eq!(err_.field(), Some("event_id"));
-    assert_eq!(
-        err_.to_string(),
-        "field `event_id` must be at most 64 characters"
-    );
+    assert_eq!(err_.to_string(), "field `event_id` must be at most 64 characters");
     // 64 characters of 4 bytes each are fine.
     e.event_id = Cow::Owned("🧪".repeat(64));
     assert_eq!(Codec::shared().decode(&encoded(&e)).unwrap(), e);
     // An empty code id, through the general path as well.
-    let e = scan(Identification::Code {
-        code_id: Cow::Borrowed(""),
-        generated_at: None,
-    });
+    let e = scan(Identification::Code { code_id: Cow::Borrowed(""), generated_at: None });
     let buf = encoded(&e);
-    assert_eq!(
-        err(&buf).to_string(),
-        "field `identification.code_id` must not be empty"
-    );
+    assert_eq!(err(&buf).to_string(), "field `identification.code_id` must not be empty");
     let c = Codec::shared();
     assert_eq!(
-        c.decode_resolving(c.schema(), &buf[10..])
-            .unwrap_err()
-            .field(),
+        c.decode_resolving(c.schema(), &buf[10..]).unwrap_err().field(),
         Some("identification.code_id")
     );
 }

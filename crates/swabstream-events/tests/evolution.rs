@@ -12,10 +12,7 @@ use swabstream_events::avro::{Codec, DecodeError, SCHEMA_V1, V1_FINGERPRINT, fin
 use swabstream_events::{Body, Identification};
 
 fn replace(text: &str, from: &str, to: &str) -> String {
-    assert!(
-        text.contains(from),
-        "the v1 schema no longer contains {from}"
-    );
+    assert!(text.contains(from), "the v1 schema no longer contains {from}");
     text.replacen(from, to, 1)
 }
 
@@ -56,10 +53,7 @@ fn the_v2_schema_is_what_the_tests_think() {
     let s = v2();
     let c = v2_codec();
     assert_ne!(c.fingerprint(), V1_FINGERPRINT);
-    assert_eq!(
-        c.readable_fingerprints().collect::<Vec<_>>(),
-        [fingerprint_of(&s), V1_FINGERPRINT]
-    );
+    assert_eq!(c.readable_fingerprints().collect::<Vec<_>>(), [fingerprint_of(&s), V1_FINGERPRINT]);
     let text = v2_text();
     for f in ["batch_size", "renewal_channel", "producer"] {
         assert!(text.contains(f));
@@ -100,10 +94,7 @@ fn a_v1_codec_cannot_read_v2_single_objects_and_says_what_to_do() {
     let mut buf = Vec::new();
     c.encode(&scan(Identification::IdDocument), &mut buf);
     let err = Codec::new().decode(&buf).unwrap_err();
-    assert_eq!(
-        err,
-        DecodeError::UnknownSchema(format!("{:016x}", c.fingerprint()))
-    );
+    assert_eq!(err, DecodeError::UnknownSchema(format!("{:016x}", c.fingerprint())));
     assert_eq!(
         err.to_string(),
         format!(
@@ -118,34 +109,19 @@ fn a_v1_codec_cannot_read_v2_single_objects_and_says_what_to_do() {
 fn v2_fields_the_model_does_not_know_are_ignored() {
     let e = scan(Identification::IdDocument);
     // The v2 value: v1's, plus batch_size 99 and producer "gw-3".
-    let Value::Record(mut fields) = v1_value(&e) else {
-        unreachable!()
-    };
-    let Value::Union(2, body) = &mut fields[3].1 else {
-        unreachable!()
-    };
-    let Value::Record(scan_fields) = body.as_mut() else {
-        unreachable!()
-    };
+    let Value::Record(mut fields) = v1_value(&e) else { unreachable!() };
+    let Value::Union(2, body) = &mut fields[3].1 else { unreachable!() };
+    let Value::Record(scan_fields) = body.as_mut() else { unreachable!() };
     scan_fields.insert(4, ("batch_size".into(), Value::Int(99)));
-    fields.push((
-        "producer".into(),
-        Value::Union(1, Box::new(Value::String("gw-3".into()))),
-    ));
+    fields.push(("producer".into(), Value::Union(1, Box::new(Value::String("gw-3".into())))));
     let s = v2();
     let datum = GenericDatumWriter::builder(&s)
         .build()
         .unwrap()
         .write_value_to_vec(Value::Record(fields))
         .unwrap();
-    assert_eq!(
-        Codec::new().decode_with_writer_schema(&s, &datum).unwrap(),
-        e
-    );
-    assert_eq!(
-        v2_codec().decode_datum(fingerprint_of(&s), &datum).unwrap(),
-        e
-    );
+    assert_eq!(Codec::new().decode_with_writer_schema(&s, &datum).unwrap(), e);
+    assert_eq!(v2_codec().decode_datum(fingerprint_of(&s), &datum).unwrap(), e);
 }
 
 #[test]
@@ -159,25 +135,12 @@ fn fields_an_old_writer_lacks_take_the_current_schema_default() {
     );
     let v0s = Schema::parse_str(&v0).unwrap();
     let c = Codec::with_schemas(SCHEMA_V1, &[&v0]).unwrap();
-    let e = scan(Identification::Code {
-        code_id: "K-1".into(),
-        generated_at: None,
-    });
-    let Value::Record(mut fields) = v1_value(&e) else {
-        unreachable!()
-    };
-    let Value::Union(2, body) = &mut fields[3].1 else {
-        unreachable!()
-    };
-    let Value::Record(scan_fields) = body.as_mut() else {
-        unreachable!()
-    };
-    let Value::Union(0, ident) = &mut scan_fields[4].1 else {
-        unreachable!()
-    };
-    let Value::Record(ident_fields) = ident.as_mut() else {
-        unreachable!()
-    };
+    let e = scan(Identification::Code { code_id: "K-1".into(), generated_at: None });
+    let Value::Record(mut fields) = v1_value(&e) else { unreachable!() };
+    let Value::Union(2, body) = &mut fields[3].1 else { unreachable!() };
+    let Value::Record(scan_fields) = body.as_mut() else { unreachable!() };
+    let Value::Union(0, ident) = &mut scan_fields[4].1 else { unreachable!() };
+    let Value::Record(ident_fields) = ident.as_mut() else { unreachable!() };
     ident_fields.pop();
     let datum = GenericDatumWriter::builder(&v0s)
         .build()
@@ -194,11 +157,7 @@ fn fields_an_old_writer_lacks_take_the_current_schema_default() {
 
 #[test]
 fn a_field_missing_without_a_default_is_a_resolution_error_naming_it() {
-    let v0 = replace(
-        SCHEMA_V1,
-        r#"{"name": "scanner_id", "type": "string"},"#,
-        "",
-    );
+    let v0 = replace(SCHEMA_V1, r#"{"name": "scanner_id", "type": "string"},"#, "");
     let v0s = Schema::parse_str(&v0).unwrap();
     let datum = [
         &[0x02, b'e'][..],
@@ -206,9 +165,7 @@ fn a_field_missing_without_a_default_is_a_resolution_error_naming_it() {
         &[0x00, 0x04, 0x02, b'S', 0x02, b'D', 0x02, b'T', 0x02], // site, district, tube, ID_DOCUMENT
     ]
     .concat();
-    let err = Codec::new()
-        .decode_with_writer_schema(&v0s, &datum)
-        .unwrap_err();
+    let err = Codec::new().decode_with_writer_schema(&v0s, &datum).unwrap_err();
     assert_eq!(
         err.to_string(),
         "cannot read the writer's schema as this build's events: field `scanner_id` is not in \
@@ -253,12 +210,7 @@ fn union_branches_resolve_by_name_not_position() {
         let e = scan(ident);
         let mut datum = Vec::new();
         writer.encode_datum(&e, &mut datum);
-        assert_eq!(
-            Codec::new()
-                .decode_with_writer_schema(&reordered, &datum)
-                .unwrap(),
-            e
-        );
+        assert_eq!(Codec::new().decode_with_writer_schema(&reordered, &datum).unwrap(), e);
     }
 }
 
@@ -271,9 +223,7 @@ fn an_enum_symbol_this_build_does_not_know_is_named() {
     );
     let s = Schema::parse_str(&t).unwrap();
     let e = scan(Identification::IdDocument);
-    let Value::Record(mut fields) = v1_value(&e) else {
-        unreachable!()
-    };
+    let Value::Record(mut fields) = v1_value(&e) else { unreachable!() };
     fields[3].1 = Value::Union(
         0,
         Box::new(Value::Record(vec![
@@ -281,10 +231,7 @@ fn an_enum_symbol_this_build_does_not_know_is_named() {
             ("kind".into(), Value::Enum(0, "PERSONAL".into())),
             ("channel".into(), Value::Enum(4, "MINI_PROGRAM".into())),
             ("expires_at".into(), Value::Union(0, Box::new(Value::Null))),
-            (
-                "verification".into(),
-                Value::Union(0, Box::new(Value::Null)),
-            ),
+            ("verification".into(), Value::Union(0, Box::new(Value::Null))),
         ])),
     );
     let datum = GenericDatumWriter::builder(&s)
@@ -292,9 +239,7 @@ fn an_enum_symbol_this_build_does_not_know_is_named() {
         .unwrap()
         .write_value_to_vec(Value::Record(fields))
         .unwrap();
-    let err = Codec::new()
-        .decode_with_writer_schema(&s, &datum)
-        .unwrap_err();
+    let err = Codec::new().decode_with_writer_schema(&s, &datum).unwrap_err();
     assert_eq!(
         err.to_string(),
         "cannot read the writer's schema as this build's events: field `channel` has the symbol \

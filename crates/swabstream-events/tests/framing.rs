@@ -18,10 +18,7 @@ const SUBJECT: &str = "sampling-events-value";
 fn confluent(registry: &Arc<InMemoryRegistry>) -> WireFormat {
     WireFormat::new(
         Codec::new(),
-        Framing::Confluent {
-            registry: registry.clone(),
-            subject: SUBJECT.to_owned(),
-        },
+        Framing::Confluent { registry: registry.clone(), subject: SUBJECT.to_owned() },
     )
 }
 
@@ -78,8 +75,7 @@ fn the_schema_is_registered_once() {
     let w = confluent(&registry);
     let mut buf = Vec::new();
     for _ in 0..3 {
-        w.encode(&scan(Identification::IdDocument), &mut buf)
-            .unwrap();
+        w.encode(&scan(Identification::IdDocument), &mut buf).unwrap();
     }
     assert_eq!(registry.subject_ids(SUBJECT), [1]);
     assert_eq!(registry.schema_by_id(1).unwrap(), SCHEMA_V1);
@@ -89,9 +85,7 @@ fn the_schema_is_registered_once() {
 fn confluent_without_a_registry_is_a_clear_error() {
     let registry = Arc::new(InMemoryRegistry::new());
     let mut buf = Vec::new();
-    confluent(&registry)
-        .encode(&scan(Identification::DeclaredId), &mut buf)
-        .unwrap();
+    confluent(&registry).encode(&scan(Identification::DeclaredId), &mut buf).unwrap();
     let err = WireFormat::single_object().decode(&buf).unwrap_err();
     assert_eq!(err, DecodeError::NoRegistry { id: 1 });
     assert_eq!(
@@ -107,26 +101,15 @@ fn an_unknown_id_or_a_bad_registry_schema_is_named() {
     registry.register("junk", "not json").unwrap();
     let w = WireFormat::single_object().with_registry(registry.clone());
     let err = w.decode(&[0, 0, 0, 0, 7, 1, 2]).unwrap_err();
-    assert_eq!(
-        err,
-        DecodeError::Registry {
-            id: 7,
-            source: RegistryError::UnknownId(7)
-        }
-    );
+    assert_eq!(err, DecodeError::Registry { id: 7, source: RegistryError::UnknownId(7) });
     assert_eq!(
         err.to_string(),
         "fetching schema id 7 from the schema registry: the registry has no schema with id 7"
     );
     let err = w.decode(&[0, 0, 0, 0, 1, 1, 2]).unwrap_err();
-    assert!(
-        matches!(err, DecodeError::RegistrySchema { id: 1, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, DecodeError::RegistrySchema { id: 1, .. }), "{err}");
     // A valid schema that is not an event schema: read through resolution, refused.
-    registry
-        .register("junk", r#"{"type":"array","items":"long"}"#)
-        .unwrap();
+    registry.register("junk", r#"{"type":"array","items":"long"}"#).unwrap();
     let err = w.decode(&[0, 0, 0, 0, 2, 0x02, 0x02, 0x00]).unwrap_err();
     assert!(matches!(err, DecodeError::Resolution(_)), "{err}");
 }
@@ -136,30 +119,19 @@ fn framing_is_told_by_the_first_bytes() {
     let w = WireFormat::single_object();
     assert_eq!(
         w.decode(&[]).unwrap_err(),
-        DecodeError::Truncated {
-            field: "framing header".into()
-        }
+        DecodeError::Truncated { field: "framing header".into() }
     );
     assert_eq!(
         w.decode(&[0, 0, 1]).unwrap_err(),
-        DecodeError::Truncated {
-            field: "schema id".into()
-        }
+        DecodeError::Truncated { field: "schema id".into() }
     );
     let err = w.decode(br#"{"type":"CodeIssued"}"#).unwrap_err();
     assert_eq!(err, DecodeError::UnknownFraming(b'{'));
     assert!(err.to_string().ends_with("(it looks like JSON)"), "{err}");
-    assert_eq!(
-        w.decode(&[0xC3, 0x02]).unwrap_err(),
-        DecodeError::NotSingleObject
-    );
+    assert_eq!(w.decode(&[0xC3, 0x02]).unwrap_err(), DecodeError::NotSingleObject);
     let mut buf = Vec::new();
-    w.encode(&scan(Identification::IdDocument), &mut buf)
-        .unwrap();
-    assert!(matches!(
-        w.decode(&buf).unwrap().body,
-        Body::SampleScanned(_)
-    ));
+    w.encode(&scan(Identification::IdDocument), &mut buf).unwrap();
+    assert!(matches!(w.decode(&buf).unwrap().body, Body::SampleScanned(_)));
 }
 
 #[derive(Debug)]
@@ -167,10 +139,7 @@ struct Refusing;
 
 impl SchemaRegistry for Refusing {
     fn register(&self, subject: &str, _: &str) -> Result<u32, RegistryError> {
-        Err(RegistryError::Rejected {
-            subject: subject.to_owned(),
-            reason: "incompatible".into(),
-        })
+        Err(RegistryError::Rejected { subject: subject.to_owned(), reason: "incompatible".into() })
     }
     fn schema_by_id(&self, id: u32) -> Result<String, RegistryError> {
         Err(RegistryError::UnknownId(id))
@@ -181,15 +150,10 @@ impl SchemaRegistry for Refusing {
 fn a_failed_registration_is_an_encode_error() {
     let w = WireFormat::new(
         Codec::new(),
-        Framing::Confluent {
-            registry: Arc::new(Refusing),
-            subject: SUBJECT.into(),
-        },
+        Framing::Confluent { registry: Arc::new(Refusing), subject: SUBJECT.into() },
     );
     let mut buf = Vec::new();
-    let err = w
-        .encode(&scan(Identification::IdDocument), &mut buf)
-        .unwrap_err();
+    let err = w.encode(&scan(Identification::IdDocument), &mut buf).unwrap_err();
     assert!(matches!(err, EncodeError::Register { .. }));
     assert_eq!(
         err.to_string(),
@@ -211,15 +175,11 @@ fn several_writer_schemas_on_one_topic() {
     let old = confluent(&registry);
     let new = WireFormat::new(
         Codec::with_schemas(&v2_text, &[SCHEMA_V1]).unwrap(),
-        Framing::Confluent {
-            registry: registry.clone(),
-            subject: SUBJECT.to_owned(),
-        },
+        Framing::Confluent { registry: registry.clone(), subject: SUBJECT.to_owned() },
     );
     let reader = WireFormat::single_object().with_registry(registry.clone());
-    for (i, ident) in [Identification::IdDocument, Identification::DeclaredId]
-        .into_iter()
-        .enumerate()
+    for (i, ident) in
+        [Identification::IdDocument, Identification::DeclaredId].into_iter().enumerate()
     {
         let e = scan(ident);
         for w in [&old, &new, &old] {

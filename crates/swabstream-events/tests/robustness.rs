@@ -38,15 +38,9 @@ fn fixture() -> &'static Fixture {
         let rich_text = rich_text();
         let rich = Codec::with_schemas(&rich_text, &[SCHEMA_V1]).unwrap();
         let registry = Arc::new(InMemoryRegistry::new());
-        registry
-            .register("sampling-events-value", SCHEMA_V1)
-            .unwrap();
-        registry
-            .register("sampling-events-value", &rich_text)
-            .unwrap();
-        registry
-            .register("other", r#"{"type":"array","items":"long"}"#)
-            .unwrap();
+        registry.register("sampling-events-value", SCHEMA_V1).unwrap();
+        registry.register("sampling-events-value", &rich_text).unwrap();
+        registry.register("other", r#"{"type":"array","items":"long"}"#).unwrap();
         Fixture {
             v1: Codec::new(),
             rich,
@@ -172,10 +166,7 @@ fn deep_recursion_and_huge_counts_are_refused_not_followed() {
     let mut huge = d.clone();
     huge.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]);
     let err = f.rich.decode(&huge).unwrap_err().to_string();
-    assert!(
-        err.contains("more items than the record has bytes"),
-        "{err}"
-    );
+    assert!(err.contains("more items than the record has bytes"), "{err}");
     // chain: a linked list 10 000 deep.
     let mut deep = d.clone();
     deep.extend_from_slice(&[0x00, 0x00]); // no tags, no attrs

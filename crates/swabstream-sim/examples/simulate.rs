@@ -17,11 +17,7 @@ fn main() -> ExitCode {
         eprintln!("usage: simulate PEOPLE [SEED] [OUT_DIR]");
         return ExitCode::from(2);
     };
-    let cfg = SimConfig {
-        people,
-        seed,
-        ..SimConfig::default()
-    };
+    let cfg = SimConfig { people, seed, ..SimConfig::default() };
     let start = Instant::now();
     match args.get(2) {
         None => {

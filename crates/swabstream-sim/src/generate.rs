@@ -127,11 +127,7 @@ pub(crate) enum Outcome {
 /// How a scan identified the person, as it goes on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RecIdent {
-    Code {
-        kind: CodeKind,
-        code: u64,
-        generated_at: Option<i64>,
-    },
+    Code { kind: CodeKind, code: u64, generated_at: Option<i64> },
     IdDocument,
     DeclaredId,
 }
@@ -216,11 +212,7 @@ enum Screen {
 
 #[derive(Clone, Copy, Debug)]
 enum Ident {
-    Code {
-        code: u64,
-        kind: CodeKind,
-        screen: Screen,
-    },
+    Code { code: u64, kind: CodeKind, screen: Screen },
     IdDocument,
     DeclaredId,
 }
@@ -297,9 +289,7 @@ pub(crate) struct Generator<'a> {
 
 impl std::fmt::Debug for Generator<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Generator")
-            .field("persons", &self.persons.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Generator").field("persons", &self.persons.len()).finish_non_exhaustive()
     }
 }
 
@@ -342,20 +332,13 @@ impl<'a> Generator<'a> {
     }
 
     pub fn run(mut self, people: u64) -> Generated {
-        assert!(
-            people < u64::from(u32::MAX) / 4,
-            "too many people for one simulated day"
-        );
+        assert!(people < u64::from(u32::MAX) / 4, "too many people for one simulated day");
         for p in 0..people {
             self.person(p as u32);
         }
         assign_tubes(&mut self.recs);
-        let mut order: Vec<(i64, u32)> = self
-            .recs
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.send, i as u32))
-            .collect();
+        let mut order: Vec<(i64, u32)> =
+            self.recs.iter().enumerate().map(|(i, r)| (r.send, i as u32)).collect();
         // By send time; among equal times by generation order, which keeps
         // every person's own order (their send times never decrease).
         order.sort_unstable();
@@ -375,10 +358,7 @@ impl<'a> Generator<'a> {
         let home = self.city.districts.pick(&mut self.rng);
         let years = self.birth_years(scenario);
         let raw = self.ids.make(&mut self.rng, home, years);
-        let person_ref = self
-            .key
-            .person_ref(&raw)
-            .expect("an ID number is 18 letters and digits");
+        let person_ref = self.key.person_ref(&raw).expect("an ID number is 18 letters and digits");
         #[cfg(test)]
         if let Some(kept) = &mut self.raw_ids {
             kept.push(raw);
@@ -441,11 +421,7 @@ impl<'a> Generator<'a> {
                     5..18 => Dynamic,
                     _ => Personal,
                 };
-                let expiry = if kind == Paper {
-                    Expiry::Week
-                } else {
-                    Expiry::Never
-                };
+                let expiry = if kind == Paper { Expiry::Week } else { Expiry::Never };
                 self.issue(kind, None, expiry);
             }
             Scenario::Personal => {
@@ -461,20 +437,13 @@ impl<'a> Generator<'a> {
                 self.attempt(code(c, Dynamic, Live), Valid);
             }
             Scenario::RelativeVerified => {
-                let v = if self.rng.gen_bool(0.7) {
-                    AutoHousehold
-                } else {
-                    BirthCertificate
-                };
+                let v = if self.rng.gen_bool(0.7) { AutoHousehold } else { BirthCertificate };
                 let c = self.issue(Relative, Some(v), Expiry::Never);
                 self.attempt(code(c, Relative, Live), Valid);
             }
             Scenario::RelativeApproved => {
                 let c = self.issue(Relative, Some(ManualPending), Expiry::Never);
-                self.pre.push(Pre::Audit {
-                    code: c,
-                    approved: true,
-                });
+                self.pre.push(Pre::Audit { code: c, approved: true });
                 self.attempt(code(c, Relative, Live), Valid);
             }
             Scenario::DynamicStale => {
@@ -483,11 +452,7 @@ impl<'a> Generator<'a> {
                 self.attempt(code(c, Dynamic, Live), Valid);
             }
             Scenario::RelativeStale => {
-                let v = if self.rng.gen_bool(0.7) {
-                    AutoHousehold
-                } else {
-                    BirthCertificate
-                };
+                let v = if self.rng.gen_bool(0.7) { AutoHousehold } else { BirthCertificate };
                 let c = self.issue(Relative, Some(v), Expiry::Never);
                 self.attempt(code(c, Relative, Stale), Rejected(Reason::CodeNotLive));
                 self.attempt(code(c, Relative, Live), Valid);
@@ -499,26 +464,14 @@ impl<'a> Generator<'a> {
             }
             Scenario::RelativePending => {
                 let c = self.issue(Relative, Some(ManualPending), Expiry::Never);
-                self.attempt(
-                    code(c, Relative, Live),
-                    Rejected(Reason::RelativeUnverified),
-                );
+                self.attempt(code(c, Relative, Live), Rejected(Reason::RelativeUnverified));
                 self.attempt(Ident::IdDocument, Valid);
             }
             Scenario::RelativeApprovedThenRejected => {
                 let c = self.issue(Relative, Some(ManualPending), Expiry::Never);
-                self.pre.push(Pre::Audit {
-                    code: c,
-                    approved: true,
-                });
-                self.pre.push(Pre::Audit {
-                    code: c,
-                    approved: false,
-                });
-                self.attempt(
-                    code(c, Relative, Live),
-                    Rejected(Reason::RelativeUnverified),
-                );
+                self.pre.push(Pre::Audit { code: c, approved: true });
+                self.pre.push(Pre::Audit { code: c, approved: false });
+                self.attempt(code(c, Relative, Live), Rejected(Reason::RelativeUnverified));
                 self.attempt(Ident::IdDocument, Valid);
             }
             Scenario::RelativeReissuedPending => {
@@ -532,10 +485,7 @@ impl<'a> Generator<'a> {
                     expiry: Expiry::Never,
                     future: false,
                 });
-                self.attempt(
-                    code(c, Relative, Live),
-                    Rejected(Reason::RelativeUnverified),
-                );
+                self.attempt(code(c, Relative, Live), Rejected(Reason::RelativeUnverified));
                 self.attempt(Ident::DeclaredId, Valid);
             }
             Scenario::PaperExpired => {
@@ -589,14 +539,7 @@ impl<'a> Generator<'a> {
     fn issue(&mut self, kind: CodeKind, verification: Option<Verification>, expiry: Expiry) -> u64 {
         let code = self.rng.next_u64();
         let channel = self.channel(kind);
-        self.pre.push(Pre::Issue {
-            code,
-            kind,
-            channel,
-            verification,
-            expiry,
-            future: false,
-        });
+        self.pre.push(Pre::Issue { code, kind, channel, verification, expiry, future: false });
         if kind == CodeKind::Personal {
             self.last_personal_code = Some(code);
         }
@@ -615,17 +558,8 @@ impl<'a> Generator<'a> {
     }
 
     fn attempt(&mut self, ident: Ident, outcome: Outcome) {
-        let step = if self.attempts.is_empty() {
-            Step::First
-        } else {
-            Step::Retry
-        };
-        self.attempts.push(Attempt {
-            ident,
-            outcome,
-            step,
-            faulty: false,
-        });
+        let step = if self.attempts.is_empty() { Step::First } else { Step::Retry };
+        self.attempts.push(Attempt { ident, outcome, step, faulty: false });
     }
 
     /// A lone personal or dynamic code is sometimes issued again, same
@@ -635,13 +569,7 @@ impl<'a> Generator<'a> {
         if self.pre.len() != 1 {
             return;
         }
-        let Pre::Issue {
-            code,
-            kind,
-            future: false,
-            ..
-        } = self.pre[0]
-        else {
+        let Pre::Issue { code, kind, future: false, .. } = self.pre[0] else {
             return;
         };
         if !matches!(kind, CodeKind::Personal | CodeKind::Dynamic) || !self.rng.gen_bool(P_REISSUE)
@@ -703,12 +631,8 @@ impl<'a> Generator<'a> {
         if last.outcome != Outcome::Valid {
             return;
         }
-        let again = |step| Attempt {
-            ident: last.ident,
-            outcome: Outcome::Valid,
-            step,
-            faulty: false,
-        };
+        let again =
+            |step| Attempt { ident: last.ident, outcome: Outcome::Valid, step, faulty: false };
         let u: f64 = self.rng.gen_range(0.0..1.0);
         if u < P_RESCAN_HERE {
             self.attempts.push(again(Step::RescanHere));
@@ -734,15 +658,8 @@ impl<'a> Generator<'a> {
         if self.pre.is_empty() {
             return;
         }
-        let lapsed = self.pre.iter().any(|p| {
-            matches!(
-                p,
-                Pre::Issue {
-                    expiry: Expiry::Lapsed,
-                    ..
-                }
-            )
-        });
+        let lapsed =
+            self.pre.iter().any(|p| matches!(p, Pre::Issue { expiry: Expiry::Lapsed, .. }));
         // A day among the five before (the 5th or 4th for a paper code that
         // lapses before the day), at an hour of the daily curve.
         let days_before = if lapsed { 4..=5 } else { 1..=5 };
@@ -756,32 +673,15 @@ impl<'a> Generator<'a> {
         times.sort_unstable();
         for (i, &t) in times.iter().enumerate() {
             let (body, occurred, outcome) = match self.pre[i] {
-                Pre::Issue {
-                    code,
-                    kind,
-                    channel,
-                    verification,
-                    expiry,
-                    future,
-                } => {
+                Pre::Issue { code, kind, channel, verification, expiry, future } => {
                     let expires_at = match expiry {
                         Expiry::Never => None,
                         Expiry::Week => Some(t + 7 * DAY),
                         Expiry::Lapsed => Some(t + self.between(12 * HOUR, 36 * HOUR)),
                     };
-                    let body = RecBody::Issue {
-                        kind,
-                        channel,
-                        code,
-                        expires_at,
-                        verification,
-                    };
+                    let body = RecBody::Issue { kind, channel, code, expires_at, verification };
                     if future {
-                        (
-                            body,
-                            t + self.future_shift,
-                            Outcome::Rejected(Reason::InFuture),
-                        )
+                        (body, t + self.future_shift, Outcome::Rejected(Reason::InFuture))
                     } else {
                         (body, t, Outcome::Valid)
                     }
@@ -791,19 +691,8 @@ impl<'a> Generator<'a> {
                 }
             };
             let send = t + self.between(10 * MS, SEC);
-            let rec = Rec {
-                send,
-                occurred,
-                event_id: self.event_id(),
-                person: 0,
-                orig: 0,
-                body,
-            };
-            self.items.push(Item {
-                rec,
-                outcome,
-                dup_of: None,
-            });
+            let rec = Rec { send, occurred, event_id: self.event_id(), person: 0, orig: 0, body };
+            self.items.push(Item { rec, outcome, dup_of: None });
         }
     }
 
@@ -851,26 +740,9 @@ impl<'a> Generator<'a> {
             };
             let ident = self.render(a.ident, t);
             let send = t + self.between(50 * MS, 3 * SEC);
-            let body = RecBody::Scan {
-                site,
-                scanner,
-                district,
-                tube: 0,
-                ident,
-            };
-            let rec = Rec {
-                send,
-                occurred,
-                event_id: self.event_id(),
-                person: 0,
-                orig: 0,
-                body,
-            };
-            self.items.push(Item {
-                rec,
-                outcome: a.outcome,
-                dup_of: None,
-            });
+            let body = RecBody::Scan { site, scanner, district, tube: 0, ident };
+            let rec = Rec { send, occurred, event_id: self.event_id(), person: 0, orig: 0, body };
+            self.items.push(Item { rec, outcome: a.outcome, dup_of: None });
         }
     }
 
@@ -882,10 +754,7 @@ impl<'a> Generator<'a> {
             Ident::Code { code, kind, screen } => (code, kind, screen),
         };
         let generated_at = match screen {
-            Screen::Static => self
-                .rng
-                .gen_bool(0.25)
-                .then(|| t - self.between(SEC, 2 * DAY)),
+            Screen::Static => self.rng.gen_bool(0.25).then(|| t - self.between(SEC, 2 * DAY)),
             Screen::Printed => None,
             Screen::Live => {
                 if self.rng.gen_bool(0.9) {
@@ -903,11 +772,7 @@ impl<'a> Generator<'a> {
             }
             Screen::Ahead => Some(t + self.between(30 * SEC, 15 * MIN)),
         };
-        RecIdent::Code {
-            kind,
-            code,
-            generated_at,
-        }
+        RecIdent::Code { kind, code, generated_at }
     }
 
     /// Producer retries: some events again right after, some hours later (at
@@ -970,15 +835,7 @@ impl<'a> Generator<'a> {
                     *truth.codes(day, kind, channel) += 1;
                 }
                 (Outcome::Valid, RecBody::Audit { .. }) => {}
-                (
-                    Outcome::Valid,
-                    RecBody::Scan {
-                        site,
-                        district,
-                        ident,
-                        ..
-                    },
-                ) => {
+                (Outcome::Valid, RecBody::Scan { site, district, ident, .. }) => {
                     assert!(district < 16, "a valid scan names a known district");
                     let hour = Timestamp(item.rec.occurred).local_hour();
                     truth.city(day).valid_scans += 1;

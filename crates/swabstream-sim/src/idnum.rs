@@ -31,11 +31,7 @@ pub fn check_char(first17: &[u8]) -> Option<u8> {
     if first17.len() != 17 || !first17.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let sum: u32 = first17
-        .iter()
-        .zip(WEIGHTS)
-        .map(|(d, w)| u32::from(d - b'0') * w)
-        .sum();
+    let sum: u32 = first17.iter().zip(WEIGHTS).map(|(d, w)| u32::from(d - b'0') * w).sum();
     Some(CHECK_CHARS[(sum % 11) as usize])
 }
 
@@ -66,9 +62,7 @@ fn is_id_bytes(b: &[u8]) -> bool {
 /// inside longer runs of digits or hex), if any.
 pub fn find_id_number(text: &str) -> Option<&str> {
     let b = text.as_bytes();
-    (0..b.len().saturating_sub(17))
-        .find(|&i| is_id_bytes(&b[i..i + 18]))
-        .map(|i| &text[i..i + 18])
+    (0..b.len().saturating_sub(17)).find(|&i| is_id_bytes(&b[i..i + 18])).map(|i| &text[i..i + 18])
 }
 
 /// Makes distinct ID numbers. Two persons never share a number, so never a
@@ -89,10 +83,7 @@ impl IdMaker {
     ) -> String {
         loop {
             let area: u64 = if rng.gen_bool(0.85) {
-                DISTRICTS[home]
-                    .0
-                    .parse()
-                    .expect("district codes are digits")
+                DISTRICTS[home].0.parse().expect("district codes are digits")
             } else {
                 OTHER_AREAS[rng.gen_range(0..OTHER_AREAS.len())]
             };
@@ -142,10 +133,7 @@ mod tests {
 
     #[test]
     fn finds_numbers_inside_text() {
-        assert_eq!(
-            find_id_number(r#"{"x":"ab11010519491231002Xcd"}"#),
-            Some("11010519491231002X")
-        );
+        assert_eq!(find_id_number(r#"{"x":"ab11010519491231002Xcd"}"#), Some("11010519491231002X"));
         assert_eq!(find_id_number("no number here 1234567890"), None);
         assert_eq!(find_id_number(""), None);
     }

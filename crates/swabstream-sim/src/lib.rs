@@ -84,10 +84,7 @@ pub struct SimulatedDay {
 pub fn simulate(cfg: &SimConfig) -> SimulatedDay {
     let sim = generate(cfg);
     let events = sim.events().collect();
-    SimulatedDay {
-        events,
-        truth: sim.truth,
-    }
+    SimulatedDay { events, truth: sim.truth }
 }
 
 /// Simulates a day, keeping the events compact (about 100 bytes an event);
@@ -118,12 +115,7 @@ impl fmt::Debug for Simulation {
 impl Simulation {
     fn new(cfg: &SimConfig, mut generated: Generated) -> Simulation {
         let truth = std::mem::take(&mut generated.truth).into_view_set(&generated.site_ids);
-        Simulation {
-            day: cfg.day,
-            people: cfg.people,
-            generated,
-            truth,
-        }
+        Simulation { day: cfg.day, people: cfg.people, generated, truth }
     }
 
     /// The ground-truth views.
@@ -143,10 +135,7 @@ impl Simulation {
 
     /// The events in publish order.
     pub fn events(&self) -> impl ExactSizeIterator<Item = Event<'static>> + '_ {
-        self.generated
-            .order
-            .iter()
-            .map(|&i| self.event(&self.generated.recs[i as usize]))
+        self.generated.order.iter().map(|&i| self.event(&self.generated.recs[i as usize]))
     }
 
     /// The events in publish order, each with the time its producer sends it
@@ -166,30 +155,20 @@ impl Simulation {
 
     fn event(&self, rec: &Rec) -> Event<'static> {
         let body = match rec.body {
-            RecBody::Issue {
-                kind,
-                channel,
-                code,
-                expires_at,
-                verification,
-            } => Body::CodeIssued(CodeIssued {
-                code_id: Cow::Owned(code_id(kind, code)),
-                kind,
-                channel,
-                expires_at: expires_at.map(Timestamp),
-                verification,
-            }),
+            RecBody::Issue { kind, channel, code, expires_at, verification } => {
+                Body::CodeIssued(CodeIssued {
+                    code_id: Cow::Owned(code_id(kind, code)),
+                    kind,
+                    channel,
+                    expires_at: expires_at.map(Timestamp),
+                    verification,
+                })
+            }
             RecBody::Audit { code, approved } => Body::RelativeCodeAudited(RelativeCodeAudited {
                 code_id: Cow::Owned(code_id(CodeKind::Relative, code)),
                 approved,
             }),
-            RecBody::Scan {
-                site,
-                scanner,
-                district,
-                tube,
-                ident,
-            } => {
+            RecBody::Scan { site, scanner, district, tube, ident } => {
                 let site_id = &self.generated.site_ids[site as usize];
                 let district = match district {
                     d @ 0..16 => DISTRICTS[usize::from(d)].0,
@@ -201,11 +180,7 @@ impl Simulation {
                     tube_id: Cow::Owned(format!("{site_id}-T{tube:04}")),
                     scanner_id: Cow::Owned(format!("{site_id}-D{}", scanner + 1)),
                     identification: match ident {
-                        RecIdent::Code {
-                            kind,
-                            code,
-                            generated_at,
-                        } => Identification::Code {
+                        RecIdent::Code { kind, code, generated_at } => Identification::Code {
                             code_id: Cow::Owned(code_id(kind, code)),
                             generated_at: generated_at.map(Timestamp),
                         },

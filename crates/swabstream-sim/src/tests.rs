@@ -8,20 +8,10 @@ use super::*;
 
 #[test]
 fn no_raw_id_number_reaches_the_events() {
-    let cfg = SimConfig {
-        people: 5_000,
-        seed: 11,
-        ..SimConfig::default()
-    };
-    let generated = Generator::new(cfg.seed, cfg.people, cfg.day, &cfg.key)
-        .keep_raw_ids()
-        .run(cfg.people);
-    let raw: HashSet<String> = generated
-        .raw_ids
-        .clone()
-        .expect("kept")
-        .into_iter()
-        .collect();
+    let cfg = SimConfig { people: 5_000, seed: 11, ..SimConfig::default() };
+    let generated =
+        Generator::new(cfg.seed, cfg.people, cfg.day, &cfg.key).keep_raw_ids().run(cfg.people);
+    let raw: HashSet<String> = generated.raw_ids.clone().expect("kept").into_iter().collect();
     assert_eq!(raw.len(), 5_000, "every person has their own number");
     assert!(raw.iter().all(|id| idnum::is_id_number(id)));
     let sim = Simulation::new(&cfg, generated);

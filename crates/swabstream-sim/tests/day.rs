@@ -18,11 +18,7 @@ fn day() -> Day {
 }
 
 fn cfg(people: u64, seed: u64) -> SimConfig {
-    SimConfig {
-        people,
-        seed,
-        ..SimConfig::default()
-    }
+    SimConfig { people, seed, ..SimConfig::default() }
 }
 
 /// 20,000 people, seed 42, made once for all tests.
@@ -59,11 +55,7 @@ fn validate(p: &PersonState, e: &Event<'_>, record_ts: Timestamp) -> Option<Reas
     let Body::SampleScanned(s) = &e.body else {
         return None;
     };
-    let Identification::Code {
-        code_id,
-        generated_at,
-    } = &s.identification
-    else {
+    let Identification::Code { code_id, generated_at } = &s.identification else {
         return None;
     };
     let Some(code) = p.codes.get(&**code_id) else {
@@ -117,11 +109,7 @@ fn reference_views<'e>(
                     c.verification,
                     Some(Verification::AutoHousehold | Verification::BirthCertificate)
                 );
-                let code = Code {
-                    kind: c.kind,
-                    expires_at: c.expires_at,
-                    verified,
-                };
+                let code = Code { kind: c.kind, expires_at: c.expires_at, verified };
                 p.codes.insert(c.code_id.to_string(), code);
             }
             Body::RelativeCodeAudited(a) => {
@@ -164,11 +152,7 @@ fn reference_views<'e>(
 
 fn assert_same(truth: &ViewSet, reference: &ViewSet) {
     let diff = truth.differences(reference);
-    assert!(
-        diff.is_empty(),
-        "truth ≠ reference rules:\n{}",
-        diff[..diff.len().min(20)].join("\n")
-    );
+    assert!(diff.is_empty(), "truth ≠ reference rules:\n{}", diff[..diff.len().min(20)].join("\n"));
 }
 
 // ---------------------------------------------------------------------------
@@ -180,21 +164,12 @@ fn the_truth_is_what_the_rules_say_for_several_seeds() {
     for seed in [1, 2, 3, 4] {
         let sim = generate(&cfg(20_000, seed));
         let events: Vec<(Timestamp, Event<'static>)> = sim.timed_events().collect();
-        assert_same(
-            sim.truth(),
-            &reference_views(events.iter().map(|(_, e)| (now, e))),
-        );
+        assert_same(sim.truth(), &reference_views(events.iter().map(|(_, e)| (now, e))));
         // Published as they happen (record timestamps at the send times).
-        assert_same(
-            sim.truth(),
-            &reference_views(events.iter().map(|(ts, e)| (*ts, e))),
-        );
+        assert_same(sim.truth(), &reference_views(events.iter().map(|(ts, e)| (*ts, e))));
     }
     let late = Timestamp::parse_rfc3339("2099-12-31T23:00:00+08:00").unwrap();
-    assert_same(
-        &big().truth,
-        &reference_views(big().events.iter().map(|e| (late, e))),
-    );
+    assert_same(&big().truth, &reference_views(big().events.iter().map(|e| (late, e))));
 }
 
 #[test]
@@ -217,31 +192,19 @@ fn duplicates_stay_within_the_retention() {
     // Every event not from a clock in 2122 is an upper bound of the newest accepted one.
     let d = big();
     let future = Timestamp::parse_rfc3339("2100-01-01T00:00:00+08:00").unwrap();
-    let newest = d
-        .events
-        .iter()
-        .map(|e| e.occurred_at)
-        .filter(|&t| t < future)
-        .max()
-        .unwrap();
+    let newest = d.events.iter().map(|e| e.occurred_at).filter(|&t| t < future).max().unwrap();
     let horizon = newest.plus_secs(-7 * 86_400);
     let mut seen: HashMap<&str, &Event<'static>> = HashMap::new();
     let mut duplicates = 0;
     for e in &d.events {
         if let Some(original) = seen.insert(&e.event_id, e) {
             assert_eq!(original, e, "a duplicate is exact");
-            assert!(
-                e.occurred_at > horizon,
-                "a duplicate older than 7 days: {e:?}"
-            );
+            assert!(e.occurred_at > horizon, "a duplicate older than 7 days: {e:?}");
             duplicates += 1;
         }
     }
     assert!(duplicates > 0);
-    assert_eq!(
-        duplicates,
-        d.truth.city_daily.iter().map(|r| r.duplicates).sum::<u64>()
-    );
+    assert_eq!(duplicates, d.truth.city_daily.iter().map(|r| r.duplicates).sum::<u64>());
 }
 
 #[test]
@@ -256,10 +219,7 @@ fn same_seed_same_day_other_seed_other_day() {
     // The key changes the pseudonyms, nothing else.
     let other_key =
         swabstream_events::PseudonymKey::new(b"another key, 16 bytes+".to_vec()).unwrap();
-    let d = simulate(&SimConfig {
-        key: other_key,
-        ..cfg(3_000, 5)
-    });
+    let d = simulate(&SimConfig { key: other_key, ..cfg(3_000, 5) });
     assert_eq!(a.truth, d.truth);
     assert_ne!(a.events[0].person_ref, d.events[0].person_ref);
 }
@@ -271,48 +231,23 @@ fn the_day_has_the_expected_shape() {
     let today = t.city(day()).expect("a row for the day");
     let pct = today.percent_using_code.unwrap();
     assert!((70.0..=80.0).contains(&pct), "{pct} % using a code");
-    assert!(
-        (19_000..=20_000).contains(&today.people_sampled),
-        "{today:?}"
-    );
-    assert!(
-        today.rescans > 0 && today.rejected > 0 && today.duplicates > 0,
-        "{today:?}"
-    );
+    assert!((19_000..=20_000).contains(&today.people_sampled), "{today:?}");
+    assert!(today.rescans > 0 && today.rejected > 0 && today.duplicates > 0, "{today:?}");
 
     // All 16 districts, the sum of the districts is the city.
     let districts: Vec<_> = t.district_daily.iter().filter(|r| r.day == day()).collect();
     assert_eq!(districts.len(), 16);
-    assert_eq!(
-        districts.iter().map(|r| r.people_sampled).sum::<u64>(),
-        today.people_sampled
-    );
-    assert_eq!(
-        districts.iter().map(|r| r.using_code).sum::<u64>(),
-        today.using_code
-    );
-    assert_eq!(
-        districts.iter().map(|r| r.valid_scans).sum::<u64>(),
-        today.valid_scans
-    );
+    assert_eq!(districts.iter().map(|r| r.people_sampled).sum::<u64>(), today.people_sampled);
+    assert_eq!(districts.iter().map(|r| r.using_code).sum::<u64>(), today.using_code);
+    assert_eq!(districts.iter().map(|r| r.valid_scans).sum::<u64>(), today.valid_scans);
     let sites = t.site_hourly.iter().filter(|r| r.day == day());
-    assert_eq!(
-        sites.map(|r| r.people_sampled).sum::<u64>(),
-        today.people_sampled
-    );
+    assert_eq!(sites.map(|r| r.people_sampled).sum::<u64>(), today.people_sampled);
     let methods: Vec<_> = t.method_daily.iter().filter(|r| r.day == day()).collect();
     assert_eq!(methods.len(), 6, "every method is used");
-    assert_eq!(
-        methods.iter().map(|r| r.people_sampled).sum::<u64>(),
-        today.people_sampled
-    );
+    assert_eq!(methods.iter().map(|r| r.people_sampled).sum::<u64>(), today.people_sampled);
 
     // Every rejection reason but MALFORMED.
-    let reasons: BTreeSet<&str> = t
-        .rejections_daily
-        .iter()
-        .map(|r| r.reason.as_str())
-        .collect();
+    let reasons: BTreeSet<&str> = t.rejections_daily.iter().map(|r| r.reason.as_str()).collect();
     for r in Reason::ALL.iter().filter(|r| **r != Reason::Malformed) {
         assert!(reasons.contains(r.as_str()), "no {r}");
     }
@@ -321,25 +256,13 @@ fn the_day_has_the_expected_shape() {
     // Some people sampled on the next day too (midnight), rejections in 2122.
     let next = t.city(Day(day().0 + 1)).expect("a row for the next day");
     assert!(next.people_sampled > 0);
-    assert!(
-        t.city_daily
-            .iter()
-            .any(|r| r.day.civil().0 == 2122 && r.rejected > 0)
-    );
+    assert!(t.city_daily.iter().any(|r| r.day.civil().0 == 2122 && r.rejected > 0));
 
     // Codes issued in the five days before, over kinds and channels.
     let code_days: BTreeSet<Day> = t.codes_issued_daily.iter().map(|r| r.day).collect();
     assert_eq!(code_days, (1..=5).map(|k| Day(day().0 - k)).collect());
-    assert!(
-        t.codes_issued_daily
-            .iter()
-            .any(|r| r.kind == "PAPER" && r.channel == "OFFLINE")
-    );
-    assert!(
-        t.codes_issued_daily
-            .iter()
-            .all(|r| (r.kind == "PAPER") == (r.channel == "OFFLINE"))
-    );
+    assert!(t.codes_issued_daily.iter().any(|r| r.kind == "PAPER" && r.channel == "OFFLINE"));
+    assert!(t.codes_issued_daily.iter().all(|r| (r.kind == "PAPER") == (r.channel == "OFFLINE")));
 
     // A morning peak: 08:00 busier than 13:00, which is busier than 21:00.
     let hour = |h: u8| -> u64 {
@@ -394,17 +317,10 @@ fn write_files_writes_events_and_truth() {
     let truth: ViewSet =
         serde_json::from_str(&std::fs::read_to_string(dir.join("truth.json")).unwrap()).unwrap();
     assert_eq!(truth, expected.truth);
-    assert_eq!(
-        idnum::find_id_number(&text),
-        None,
-        "an ID number in events.jsonl"
-    );
+    assert_eq!(idnum::find_id_number(&text), None, "an ID number in events.jsonl");
     assert!(!text.contains("id_number"));
     assert_eq!(summary.people, 4_000);
-    assert_eq!(
-        summary.sampled,
-        expected.truth.city(day()).unwrap().people_sampled
-    );
+    assert_eq!(summary.sampled, expected.truth.city(day()).unwrap().people_sampled);
     assert!(summary.to_string().contains("using a code"), "{summary}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -426,14 +342,9 @@ fn tiny_days_work() {
 }
 
 fn temp_dir(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    std::env::temp_dir().join(format!(
-        "swabstream-sim-{name}-{}-{nanos}",
-        std::process::id()
-    ))
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    std::env::temp_dir().join(format!("swabstream-sim-{name}-{}-{nanos}", std::process::id()))
 }
 
 /// `cargo test --release -p swabstream-sim -- --ignored`: more seeds, other days, a large day.
@@ -444,23 +355,11 @@ fn the_truth_is_what_the_rules_say_for_many_seeds() {
     let days = ["2022-04-09", "2022-04-10", "2020-02-29", "2023-12-31"];
     for seed in 100..130 {
         let day = Day::parse(days[seed as usize % days.len()]).unwrap();
-        let sim = generate(&SimConfig {
-            day,
-            ..cfg(20_000, seed)
-        });
+        let sim = generate(&SimConfig { day, ..cfg(20_000, seed) });
         let events: Vec<(Timestamp, Event<'static>)> = sim.timed_events().collect();
-        assert_same(
-            sim.truth(),
-            &reference_views(events.iter().map(|(_, e)| (now, e))),
-        );
-        assert_same(
-            sim.truth(),
-            &reference_views(events.iter().map(|(ts, e)| (*ts, e))),
-        );
+        assert_same(sim.truth(), &reference_views(events.iter().map(|(_, e)| (now, e))));
+        assert_same(sim.truth(), &reference_views(events.iter().map(|(ts, e)| (*ts, e))));
     }
     let sim = simulate(&cfg(300_000, 2022));
-    assert_same(
-        &sim.truth,
-        &reference_views(sim.events.iter().map(|e| (now, e))),
-    );
+    assert_same(&sim.truth, &reference_views(sim.events.iter().map(|e| (now, e))));
 }

@@ -150,45 +150,25 @@ impl ViewSet {
             .chain(site_hourly.into_iter().map(ViewRow::SiteHourly))
             .chain(method_daily.into_iter().map(ViewRow::MethodDaily))
             .chain(rejections_daily.into_iter().map(ViewRow::RejectionsDaily))
-            .chain(
-                codes_issued_daily
-                    .into_iter()
-                    .map(ViewRow::CodesIssuedDaily),
-            )
+            .chain(codes_issued_daily.into_iter().map(ViewRow::CodesIssuedDaily))
     }
 
     /// The rows of `self` that differ from `other`, one line each, for reports
     /// ("city_daily 2022-04-09: people_sampled 1520 ≠ 1519"). Empty when equal.
     pub fn differences(&self, other: &ViewSet) -> Vec<String> {
         let mut out = Vec::new();
-        diff_rows(
-            &mut out,
-            "city_daily",
-            &self.city_daily,
-            &other.city_daily,
-            |r| r.day.to_string(),
-        );
-        diff_rows(
-            &mut out,
-            "district_daily",
-            &self.district_daily,
-            &other.district_daily,
-            |r| format!("{} {}", r.day, r.district),
-        );
-        diff_rows(
-            &mut out,
-            "site_hourly",
-            &self.site_hourly,
-            &other.site_hourly,
-            |r| format!("{} {} {:02}h", r.day, r.site_id, r.hour),
-        );
-        diff_rows(
-            &mut out,
-            "method_daily",
-            &self.method_daily,
-            &other.method_daily,
-            |r| format!("{} {}", r.day, r.method),
-        );
+        diff_rows(&mut out, "city_daily", &self.city_daily, &other.city_daily, |r| {
+            r.day.to_string()
+        });
+        diff_rows(&mut out, "district_daily", &self.district_daily, &other.district_daily, |r| {
+            format!("{} {}", r.day, r.district)
+        });
+        diff_rows(&mut out, "site_hourly", &self.site_hourly, &other.site_hourly, |r| {
+            format!("{} {} {:02}h", r.day, r.site_id, r.hour)
+        });
+        diff_rows(&mut out, "method_daily", &self.method_daily, &other.method_daily, |r| {
+            format!("{} {}", r.day, r.method)
+        });
         diff_rows(
             &mut out,
             "rejections_daily",

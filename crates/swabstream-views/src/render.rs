@@ -62,10 +62,7 @@ pub fn render_table(views: &ViewSet, names: &[&str]) -> String {
 }
 
 fn district_name(code: &str) -> &'static str {
-    DISTRICTS
-        .iter()
-        .find(|(c, _, _)| *c == code)
-        .map_or("?", |(_, n, _)| n)
+    DISTRICTS.iter().find(|(c, _, _)| *c == code).map_or("?", |(_, n, _)| n)
 }
 
 fn pct(p: Option<f64>, for_people: bool) -> String {
@@ -116,12 +113,7 @@ fn cells(v: &ViewSet, view: &str, for_people: bool) -> Option<Cells> {
             if for_people {
                 header.push("name".to_owned());
             }
-            header.extend(h(&[
-                "people_sampled",
-                "using_code",
-                "valid_scans",
-                "rejected",
-            ]));
+            header.extend(h(&["people_sampled", "using_code", "valid_scans", "rejected"]));
             let rows = v
                 .district_daily
                 .iter()
@@ -160,13 +152,7 @@ fn cells(v: &ViewSet, view: &str, for_people: bool) -> Option<Cells> {
             h(&["day", "method", "people_sampled"]),
             v.method_daily
                 .iter()
-                .map(|r| {
-                    vec![
-                        r.day.to_string(),
-                        r.method.clone(),
-                        r.people_sampled.to_string(),
-                    ]
-                })
+                .map(|r| vec![r.day.to_string(), r.method.clone(), r.people_sampled.to_string()])
                 .collect(),
         ),
         "rejections_daily" => (
@@ -181,12 +167,7 @@ fn cells(v: &ViewSet, view: &str, for_people: bool) -> Option<Cells> {
             v.codes_issued_daily
                 .iter()
                 .map(|r| {
-                    vec![
-                        r.day.to_string(),
-                        r.kind.clone(),
-                        r.channel.clone(),
-                        r.count.to_string(),
-                    ]
+                    vec![r.day.to_string(), r.kind.clone(), r.channel.clone(), r.count.to_string()]
                 })
                 .collect(),
         ),
@@ -255,14 +236,7 @@ mod tests {
         assert_eq!(v.city_daily.len(), 1);
         let c = &v.city_daily[0];
         assert_eq!(
-            (
-                c.people_sampled,
-                c.using_code,
-                c.valid_scans,
-                c.rescans,
-                c.rejected,
-                c.duplicates
-            ),
+            (c.people_sampled, c.using_code, c.valid_scans, c.rescans, c.rejected, c.duplicates),
             (4, 3, 5, 1, 2, 1)
         );
         assert_eq!(c.percent_using_code, Some(75.0));
@@ -274,9 +248,7 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
         let obj = value.as_object().unwrap();
         assert_eq!(
-            obj.keys()
-                .cloned()
-                .collect::<std::collections::BTreeSet<_>>(),
+            obj.keys().cloned().collect::<std::collections::BTreeSet<_>>(),
             VIEW_NAMES.iter().map(|s| s.to_string()).collect()
         );
         let city = &obj["city_daily"][0];

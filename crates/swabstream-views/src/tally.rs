@@ -27,67 +27,51 @@ pub struct Tally {
 impl Tally {
     /// The city row of a day, made on first touch.
     pub fn city(&mut self, day: Day) -> &mut CityDaily {
-        self.city.entry(day).or_insert_with(|| CityDaily {
-            day,
-            ..CityDaily::default()
-        })
+        self.city.entry(day).or_insert_with(|| CityDaily { day, ..CityDaily::default() })
     }
 
     /// The district row of a day, made on first touch.
     pub fn district(&mut self, day: Day, district: &str) -> &mut DistrictDaily {
-        self.district
-            .entry((day, district.to_owned()))
-            .or_insert_with(|| DistrictDaily {
-                day,
-                district: district.to_owned(),
-                ..DistrictDaily::default()
-            })
+        self.district.entry((day, district.to_owned())).or_insert_with(|| DistrictDaily {
+            day,
+            district: district.to_owned(),
+            ..DistrictDaily::default()
+        })
     }
 
     /// The site row of a day and hour, made on first touch.
     pub fn site(&mut self, day: Day, site_id: &str, hour: u8) -> &mut SiteHourly {
-        self.site
-            .entry((day, site_id.to_owned(), hour))
-            .or_insert_with(|| SiteHourly {
-                day,
-                site_id: site_id.to_owned(),
-                hour,
-                ..SiteHourly::default()
-            })
+        self.site.entry((day, site_id.to_owned(), hour)).or_insert_with(|| SiteHourly {
+            day,
+            site_id: site_id.to_owned(),
+            hour,
+            ..SiteHourly::default()
+        })
     }
 
     /// The method row of a day, made on first touch.
     pub fn method(&mut self, day: Day, method: &str) -> &mut MethodDaily {
-        self.method
-            .entry((day, method.to_owned()))
-            .or_insert_with(|| MethodDaily {
-                day,
-                method: method.to_owned(),
-                people_sampled: 0,
-            })
+        self.method.entry((day, method.to_owned())).or_insert_with(|| MethodDaily {
+            day,
+            method: method.to_owned(),
+            people_sampled: 0,
+        })
     }
 
     /// The rejection row of a day and reason, made on first touch.
     pub fn rejections(&mut self, day: Day, reason: &str) -> &mut RejectionsDaily {
-        self.rejections
-            .entry((day, reason.to_owned()))
-            .or_insert_with(|| RejectionsDaily {
-                day,
-                reason: reason.to_owned(),
-                count: 0,
-            })
+        self.rejections.entry((day, reason.to_owned())).or_insert_with(|| RejectionsDaily {
+            day,
+            reason: reason.to_owned(),
+            count: 0,
+        })
     }
 
     /// The codes-issued row of a day, kind and channel, made on first touch.
     pub fn codes(&mut self, day: Day, kind: &str, channel: &str) -> &mut CodesIssuedDaily {
-        self.codes
-            .entry((day, kind.to_owned(), channel.to_owned()))
-            .or_insert_with(|| CodesIssuedDaily {
-                day,
-                kind: kind.to_owned(),
-                channel: channel.to_owned(),
-                count: 0,
-            })
+        self.codes.entry((day, kind.to_owned(), channel.to_owned())).or_insert_with(|| {
+            CodesIssuedDaily { day, kind: kind.to_owned(), channel: channel.to_owned(), count: 0 }
+        })
     }
 
     /// Adds a (partial) row's counts to the row with its key.

@@ -34,11 +34,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.partitions > 0, "--partitions must be at least 1");
-    let cfg = SimConfig {
-        people: args.people,
-        seed: args.seed,
-        ..SimConfig::default()
-    };
+    let cfg = SimConfig { people: args.people, seed: args.seed, ..SimConfig::default() };
     let started = Instant::now();
     let sim = simulate(&cfg);
     eprintln!(
@@ -67,11 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let mut dlq = Vec::new();
         for (offset, payload) in records.iter().enumerate() {
             state.apply(
-                Record {
-                    offset: offset as i64,
-                    timestamp: record_time,
-                    payload: Some(payload),
-                },
+                Record { offset: offset as i64, timestamp: record_time, payload: Some(payload) },
                 &mut dlq,
             );
         }
@@ -88,15 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     print!(
         "{}",
-        render_table(
-            &views,
-            &[
-                "city_daily",
-                "district_daily",
-                "method_daily",
-                "rejections_daily"
-            ]
-        )
+        render_table(&views, &["city_daily", "district_daily", "method_daily", "rejections_daily"])
     );
     if let Some(city) = views.city(cfg.day) {
         println!(
@@ -183,10 +167,7 @@ mod tests {
         assert_eq!(murmur2(b"foobar") as i32, -790332482);
         assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
         assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
-        assert_eq!(
-            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
-            -58897971
-        );
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
         assert_eq!(murmur2(b"abc") as i32, 479470107);
     }
 }

@@ -27,11 +27,7 @@ impl ViewOutput {
             print!("{csv}");
         } else {
             let names: Vec<&str> = if self.view.is_empty() {
-                VIEW_NAMES
-                    .iter()
-                    .copied()
-                    .filter(|n| *n != "site_hourly")
-                    .collect()
+                VIEW_NAMES.iter().copied().filter(|n| *n != "site_hourly").collect()
             } else {
                 for n in &self.view {
                     if !VIEW_NAMES.contains(&n.as_str()) {
@@ -47,8 +43,5 @@ impl ViewOutput {
 }
 
 fn unknown(name: &str) -> String {
-    format!(
-        "no view named `{name}`; the views are {}",
-        VIEW_NAMES.join(", ")
-    )
+    format!("no view named `{name}`; the views are {}", VIEW_NAMES.join(", "))
 }

@@ -50,9 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let record_time = args.record_time.unwrap_or_else(now);
     let codec = Codec::shared();
-    let mut state = PartitionState::new(CoreConfig {
-        retention_days: args.retention_days,
-    });
+    let mut state = PartitionState::new(CoreConfig { retention_days: args.retention_days });
     let mut dlq = Vec::new();
     let mut payload = Vec::new();
     let mut bad_lines = 0u64;
@@ -73,14 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         payload.clear();
         codec.encode(&event, &mut payload);
         let offset = state.next_offset().unwrap_or(0);
-        state.apply(
-            Record {
-                offset,
-                timestamp: record_time,
-                payload: Some(&payload),
-            },
-            &mut dlq,
-        );
+        state.apply(Record { offset, timestamp: record_time, payload: Some(&payload) }, &mut dlq);
         // The DLQ records would go to Kafka; here their counts in the views are what matters.
         dlq.clear();
     }
@@ -122,16 +113,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn now() -> Timestamp {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     Timestamp(since.as_micros() as i64)
 }

@@ -29,12 +29,8 @@ pub fn parse_day(s: &str) -> Result<Day, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let cfg = SimConfig {
-        people: args.people,
-        seed: args.seed,
-        day: args.day,
-        ..SimConfig::default()
-    };
+    let cfg =
+        SimConfig { people: args.people, seed: args.seed, day: args.day, ..SimConfig::default() };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let started = Instant::now();

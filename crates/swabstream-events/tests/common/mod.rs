@@ -49,31 +49,22 @@ fn body(ts: impl Strategy<Value = i64> + Clone + 'static) -> impl Strategy<Value
         proptest::option::of(symbol(Verification::ALL)),
         ts.clone(),
     )
-        .prop_map(
-            |(code_id, kind, channel, expires, verification, fallback)| {
-                let expires_at = match kind {
-                    CodeKind::Paper => Some(Timestamp(expires.unwrap_or(fallback))),
-                    _ => expires.map(Timestamp),
-                };
-                let verification = if kind == CodeKind::Relative {
-                    verification
-                } else {
-                    None
-                };
-                Body::CodeIssued(CodeIssued {
-                    code_id: Cow::Owned(code_id),
-                    kind,
-                    channel,
-                    expires_at,
-                    verification,
-                })
-            },
-        );
+        .prop_map(|(code_id, kind, channel, expires, verification, fallback)| {
+            let expires_at = match kind {
+                CodeKind::Paper => Some(Timestamp(expires.unwrap_or(fallback))),
+                _ => expires.map(Timestamp),
+            };
+            let verification = if kind == CodeKind::Relative { verification } else { None };
+            Body::CodeIssued(CodeIssued {
+                code_id: Cow::Owned(code_id),
+                kind,
+                channel,
+                expires_at,
+                verification,
+            })
+        });
     let audited = (id(), any::<bool>()).prop_map(|(code_id, approved)| {
-        Body::RelativeCodeAudited(RelativeCodeAudited {
-            code_id: Cow::Owned(code_id),
-            approved,
-        })
+        Body::RelativeCodeAudited(RelativeCodeAudited { code_id: Cow::Owned(code_id), approved })
     });
     let identification = prop_oneof![
         (id(), proptest::option::of(ts)).prop_map(|(code_id, generated_at)| Identification::Code {
@@ -145,23 +136,15 @@ pub fn v1_value(e: &Event<'_>) -> Value {
             0,
             Box::new(Value::Record(vec![
                 ("code_id".into(), s(&c.code_id)),
-                (
-                    "kind".into(),
-                    Value::Enum(c.kind.index() as u32, c.kind.as_str().into()),
-                ),
+                ("kind".into(), Value::Enum(c.kind.index() as u32, c.kind.as_str().into())),
                 (
                     "channel".into(),
                     Value::Enum(c.channel.index() as u32, c.channel.as_str().into()),
                 ),
-                (
-                    "expires_at".into(),
-                    opt(c.expires_at.map(|t| Value::TimestampMicros(t.0))),
-                ),
+                ("expires_at".into(), opt(c.expires_at.map(|t| Value::TimestampMicros(t.0)))),
                 (
                     "verification".into(),
-                    opt(c
-                        .verification
-                        .map(|v| Value::Enum(v.index() as u32, v.as_str().into()))),
+                    opt(c.verification.map(|v| Value::Enum(v.index() as u32, v.as_str().into()))),
                 ),
             ])),
         ),
@@ -174,10 +157,7 @@ pub fn v1_value(e: &Event<'_>) -> Value {
         ),
         Body::SampleScanned(sc) => {
             let ident = match &sc.identification {
-                Identification::Code {
-                    code_id,
-                    generated_at,
-                } => Value::Union(
+                Identification::Code { code_id, generated_at } => Value::Union(
                     0,
                     Box::new(Value::Record(vec![
                         ("code_id".into(), s(code_id)),
@@ -204,14 +184,8 @@ pub fn v1_value(e: &Event<'_>) -> Value {
     };
     Value::Record(vec![
         ("event_id".into(), s(&e.event_id)),
-        (
-            "person_ref".into(),
-            Value::Fixed(32, e.person_ref.0.to_vec()),
-        ),
-        (
-            "occurred_at".into(),
-            Value::TimestampMicros(e.occurred_at.0),
-        ),
+        ("person_ref".into(), Value::Fixed(32, e.person_ref.0.to_vec())),
+        ("occurred_at".into(), Value::TimestampMicros(e.occurred_at.0)),
         ("body".into(), body),
     ])
 }
