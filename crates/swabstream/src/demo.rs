@@ -61,11 +61,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for records in &partitions {
         let mut state = PartitionState::new(CoreConfig::default());
         let mut dlq = Vec::new();
-        for (offset, payload) in records.iter().enumerate() {
-            state.apply(
-                Record { offset: offset as i64, timestamp: record_time, payload: Some(payload) },
-                &mut dlq,
-            );
+        let records: Vec<Record<'_>> = records
+            .iter()
+            .enumerate()
+            .map(|(offset, p)| Record {
+                offset: offset as i64,
+                timestamp: record_time,
+                payload: Some(p),
+            })
+            .collect();
+        // In consumer-sized batches, as a worker applies what it polled.
+        for batch in records.chunks(1024) {
+            state.apply_batch(batch, &mut dlq);
         }
         let c = state.counts();
         counts.accepted += c.accepted;
