@@ -1,6 +1,7 @@
 //! `swabstream`: the one binary (SPEC §5). Each subcommand lives in its own
 //! module; this file only parses the command line and dispatches.
 
+mod config;
 mod demo;
 mod output;
 mod process;
@@ -17,6 +18,10 @@ use clap::{Parser, Subcommand};
     about = "Event-sourced counting of mass nucleic-acid sampling"
 )]
 struct Cli {
+    /// Configuration file (TOML); default: ./swabstream.toml if present. `SWABSTREAM_*`
+    /// environment variables override it (nested keys joined by `__`).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,14 +34,24 @@ enum Command {
     Simulate(simulate::Args),
     /// Run the pipeline's rules over a JSON-lines file in memory (no Kafka, no store) and print the views.
     Process(process::Args),
+    /// Print the effective configuration (defaults, file and environment merged) as JSON.
+    Config,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let config = match config::Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
+        Command::Config => print_config(&config),
         Command::Demo(args) => demo::run(args),
         Command::Simulate(args) => simulate::run(args),
-        Command::Process(args) => process::run(args),
+        Command::Process(args) => process::run(args, &config),
     };
     match result {
         Ok(code) => code,
@@ -45,4 +60,10 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn print_config(config: &config::Config) -> anyhow::Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(config)?);
+    eprintln!("embedded view store file: {}", config.store_path().display());
+    Ok(ExitCode::SUCCESS)
 }

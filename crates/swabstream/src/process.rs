@@ -17,6 +17,7 @@ use swabstream_events::avro::Codec;
 use swabstream_events::{Timestamp, json};
 use swabstream_views::ViewSet;
 
+use crate::config::Config;
 use crate::output::ViewOutput;
 
 #[derive(Debug, clap::Args)]
@@ -29,9 +30,6 @@ pub struct Args {
     /// Compare the views with this truth.json and fail on any difference.
     #[arg(long)]
     truth: Option<PathBuf>,
-    /// Days of event time that dedupe state is kept (SPEC §3.2).
-    #[arg(long, default_value_t = 7)]
-    retention_days: u16,
     #[command(flatten)]
     output: ViewOutput,
 }
@@ -40,7 +38,7 @@ fn parse_ts(s: &str) -> Result<Timestamp, String> {
     Timestamp::parse_rfc3339(s).map_err(|e| format!("`{s}` {e}"))
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
     let reader: Box<dyn BufRead> = if args.input.as_os_str() == "-" {
         Box::new(BufReader::new(std::io::stdin()))
     } else {
@@ -50,7 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let record_time = args.record_time.unwrap_or_else(now);
     let codec = Codec::shared();
-    let mut state = PartitionState::new(CoreConfig { retention_days: args.retention_days });
+    let mut state = PartitionState::new(CoreConfig { retention_days: config.core.retention_days });
     let mut dlq = Vec::new();
     let mut payload = Vec::new();
     let mut bad_lines = 0u64;

@@ -1,0 +1,230 @@
+//! Configuration: built-in defaults, then a TOML file, then `SWABSTREAM_*`
+//! environment variables (nested keys joined by `__`, e.g.
+//! `SWABSTREAM_KAFKA__BROKERS=host:9092`). The embedded default needs none.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything a swabstream process can be told.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the embedded broker keeps its log and the embedded view store its file.
+    pub data_dir: PathBuf,
+    pub kafka: KafkaConfig,
+    pub store: StoreConfig,
+    pub core: CoreSettings,
+    pub worker: WorkerConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The Kafka cluster and topics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `host:port,…` of a Kafka cluster; unset starts the embedded broker.
+    pub brokers: Option<String>,
+    /// Port of the embedded broker on 127.0.0.1 (0: any free port).
+    pub embedded_port: u16,
+    /// The events topic.
+    pub topic: String,
+    /// Where invalid and undecodable records go.
+    pub dlq_topic: String,
+    /// Partitions of topics created by swabstream.
+    pub partitions: i32,
+    /// Replication factor of topics created by swabstream.
+    pub replication_factor: i32,
+    /// The workers' consumer group.
+    pub group_id: String,
+    /// librdkafka settings passed through as they are (SASL, TLS, ...), e.g.
+    /// `"security.protocol" = "SASL_SSL"`.
+    pub client: BTreeMap<String, String>,
+}
+
+/// Which view store, and where.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The embedded store's file (default: `<data_dir>/views.db`).
+    pub path: Option<PathBuf>,
+}
+
+/// Settings of the rules (all workers of a topic must agree).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoreSettings {
+    /// Days of event time that dedupe and sampling state are kept (SPEC §3.2).
+    pub retention_days: u16,
+}
+
+/// How a worker batches and checkpoints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Most records applied per batch.
+    pub batch_max_records: usize,
+    /// Longest wait to fill a batch.
+    #[serde(with = "humantime_serde")]
+    pub batch_max_wait: Duration,
+    /// How often a partition's state snapshot is written with its checkpoint.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+}
+
+/// The Prometheus endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address to serve `/metrics` on (unset: no endpoint).
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("swabstream-data"),
+            kafka: KafkaConfig::default(),
+            store: StoreConfig::default(),
+            core: CoreSettings::default(),
+            worker: WorkerConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: None,
+            embedded_port: 0,
+            topic: "sampling-events".to_owned(),
+            dlq_topic: "sampling-events-dlq".to_owned(),
+            partitions: 4,
+            replication_factor: 1,
+            group_id: "swabstream-views".to_owned(),
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for CoreSettings {
+    fn default() -> Self {
+        CoreSettings { retention_days: 7 }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            batch_max_records: 4096,
+            batch_max_wait: Duration::from_millis(200),
+            snapshot_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (or `swabstream.toml` in the working directory,
+    /// if present), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(f) => {
+                anyhow::ensure!(f.exists(), "configuration file {} does not exist", f.display());
+                fig = fig.merge(Toml::file(f));
+            }
+            None if Path::new("swabstream.toml").exists() => {
+                fig = fig.merge(Toml::file("swabstream.toml"))
+            }
+            None => {}
+        }
+        fig = fig.merge(Env::prefixed("SWABSTREAM_").split("__"));
+        let cfg: Config = fig.extract().context("reading the configuration")?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.kafka.partitions > 0, "kafka.partitions must be at least 1");
+        anyhow::ensure!(
+            self.core.retention_days >= 7,
+            "core.retention_days must be at least 7 (SPEC §3.2)"
+        );
+        anyhow::ensure!(
+            self.worker.batch_max_records > 0,
+            "worker.batch_max_records must be at least 1"
+        );
+        anyhow::ensure!(
+            self.kafka.topic != self.kafka.dlq_topic,
+            "kafka.topic and kafka.dlq_topic must differ"
+        );
+        Ok(())
+    }
+
+    /// The embedded store's file.
+    pub fn store_path(&self) -> PathBuf {
+        self.store.path.clone().unwrap_or_else(|| self.data_dir.join("views.db"))
+    }
+}
+
+#[cfg(test)]
+// figment's Jail returns its own large error type; that is its API, not ours.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_then_file_then_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "swabstream.toml",
+                r#"
+                data_dir = "/var/lib/swabstream"
+                [kafka]
+                brokers = "k1:9092,k2:9092"
+                partitions = 12
+                [kafka.client]
+                "security.protocol" = "SASL_SSL"
+                [worker]
+                batch_max_wait = "50ms"
+                "#,
+            )?;
+            jail.set_env("SWABSTREAM_KAFKA__PARTITIONS", "24");
+            jail.set_env("SWABSTREAM_WORKER__SNAPSHOT_INTERVAL", "2m");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.data_dir, PathBuf::from("/var/lib/swabstream"));
+            assert_eq!(c.kafka.brokers.as_deref(), Some("k1:9092,k2:9092"));
+            assert_eq!(c.kafka.partitions, 24, "the environment wins over the file");
+            assert_eq!(c.kafka.client["security.protocol"], "SASL_SSL");
+            assert_eq!(c.worker.batch_max_wait, Duration::from_millis(50));
+            assert_eq!(c.worker.snapshot_interval, Duration::from_secs(120));
+            assert_eq!(c.kafka.topic, "sampling-events", "unset keys keep their defaults");
+            assert_eq!(c.store_path(), PathBuf::from("/var/lib/swabstream/views.db"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_their_name() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("swabstream.toml", "[kafka]\nbrokerz = \"x\"\n")?;
+            let e = format!("{:#}", Config::load(None).unwrap_err());
+            assert!(e.contains("brokerz"), "{e}");
+            jail.create_file("swabstream.toml", "[core]\nretention_days = 3\n")?;
+            let e = format!("{:#}", Config::load(None).unwrap_err());
+            assert!(e.contains("retention_days must be at least 7"), "{e}");
+            jail.create_file("swabstream.toml", "")?;
+            jail.set_env("SWABSTREAM_WORKER__BATCH_MAX_WAIT", "soon");
+            let e = format!("{:#}", Config::load(None).unwrap_err());
+            assert!(e.to_lowercase().contains("batch_max_wait"), "{e}");
+            Ok(())
+        });
+    }
+}
