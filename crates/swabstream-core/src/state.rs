@@ -260,6 +260,22 @@ impl PartitionState {
         self.views.take_changes()
     }
 
+    /// The rows changed since they were last taken, left marked as changed;
+    /// [`Self::clear_changes`] once they are written.
+    pub fn changes(&self) -> Vec<ViewRow> {
+        self.views.changes()
+    }
+
+    /// Marks every row as written.
+    pub fn clear_changes(&mut self) {
+        self.views.clear_dirty();
+    }
+
+    /// Whether rows changed since they were last taken.
+    pub fn has_changes(&self) -> bool {
+        self.views.has_changes()
+    }
+
     /// Every partial row this partition holds.
     pub fn rows(&self) -> Vec<ViewRow> {
         self.views.rows()

@@ -203,16 +203,22 @@ impl PartitionViews {
 
     /// The rows changed since the last call, with their absolute (partial) values.
     pub fn take_changes(&mut self) -> Vec<ViewRow> {
+        let out = self.changes();
+        self.clear_dirty();
+        out
+    }
+
+    /// The rows changed since they were last taken, leaving them marked
+    /// changed: for a writer that clears them only once its write succeeded.
+    pub fn changes(&self) -> Vec<ViewRow> {
         let mut out = Vec::new();
-        for idx in std::mem::take(&mut self.dirty_days) {
-            let rows = &mut self.days[idx as usize];
-            let dirty = std::mem::take(&mut rows.dirty);
-            rows.emit(&dirty, &mut out);
+        for &idx in &self.dirty_days {
+            let rows = &self.days[idx as usize];
+            rows.emit(&rows.dirty, &mut out);
         }
-        for key in std::mem::take(&mut self.dirty_sites) {
-            if let Some(row) = self.site_rows.get_mut(&key) {
-                row.dirty = false;
-                out.push(site_row(&self.sites, key, row));
+        for key in &self.dirty_sites {
+            if let Some(row) = self.site_rows.get(key) {
+                out.push(site_row(&self.sites, *key, row));
             }
         }
         out
@@ -244,16 +250,17 @@ impl PartitionViews {
             + table_bytes(self.site_rows.capacity(), size_of::<(SiteHourKey, SiteCounts)>())
     }
 
-    /// Marks every row unchanged (after a restore, the store already holds them).
-    pub(crate) fn clear_dirty(&mut self) {
-        for d in &mut self.days {
-            d.dirty = RowBits::default();
+    /// Marks every row unchanged: after they were written, or after a
+    /// restore (the store already holds them).
+    pub fn clear_dirty(&mut self) {
+        for idx in std::mem::take(&mut self.dirty_days) {
+            self.days[idx as usize].dirty = RowBits::default();
         }
-        for r in self.site_rows.values_mut() {
-            r.dirty = false;
+        for key in std::mem::take(&mut self.dirty_sites) {
+            if let Some(row) = self.site_rows.get_mut(&key) {
+                row.dirty = false;
+            }
         }
-        self.dirty_days.clear();
-        self.dirty_sites.clear();
     }
 }
 
