@@ -59,10 +59,10 @@ fn temp_db(name: &str) -> PathBuf {
 
 /// Where in a batch a worker dies.
 #[derive(Clone, Copy, Debug)]
-enum Crash {
-    AfterApply,
-    AfterDlqAck,
-    AfterCommit,
+enum DiesAfter {
+    Apply,
+    DlqAck,
+    Commit,
 }
 
 /// Runs workers over every partition, each dying at the given (batch, point)
@@ -73,7 +73,7 @@ fn run_with_crashes(
     db: &std::path::Path,
     batch: usize,
     every: usize,
-    crashes: &[(usize, Crash)],
+    crashes: &[(usize, DiesAfter)],
 ) -> Vec<(i32, i64)> {
     let mut store = ViewStore::open(db, "sampling-events").unwrap();
     let mut dlq_acked = Vec::new();
@@ -96,11 +96,11 @@ fn run_with_crashes(
                     .map(|o| Record { offset: o as i64, timestamp: d.ts, payload: Some(&log[o]) })
                     .collect();
                 let (dlq, _) = runner.apply(&records);
-                if matches!(crash, Some((b, Crash::AfterApply)) if b == n) {
+                if matches!(crash, Some((b, DiesAfter::Apply)) if b == n) {
                     continue 'lives;
                 }
                 dlq_acked.extend(dlq.iter().map(|r| (p, r.offset)));
-                if matches!(crash, Some((b, Crash::AfterDlqAck)) if b == n) {
+                if matches!(crash, Some((b, DiesAfter::DlqAck)) if b == n) {
                     continue 'lives;
                 }
                 let committed = runner.commit(&mut store, n % every == 0).unwrap();
@@ -116,7 +116,7 @@ fn run_with_crashes(
                     assert!(now >= seen_people, "views stepped back: {now} < {seen_people}");
                     seen_people = now;
                 }
-                if matches!(crash, Some((b, Crash::AfterCommit)) if b == n) {
+                if matches!(crash, Some((b, DiesAfter::Commit)) if b == n) {
                     continue 'lives;
                 }
                 pos = end;
@@ -171,7 +171,7 @@ proptest! {
     fn crashes_anywhere_lose_nothing_and_count_nothing_twice(
         batch in 16usize..200,
         every in 1usize..6,
-        crashes in prop::collection::vec((0usize..12, prop_oneof![Just(Crash::AfterApply), Just(Crash::AfterDlqAck), Just(Crash::AfterCommit)]), 1..6),
+        crashes in prop::collection::vec((0usize..12, prop_oneof![Just(DiesAfter::Apply), Just(DiesAfter::DlqAck), Just(DiesAfter::Commit)]), 1..6),
         seed in 1u64..1000,
     ) {
         let d = day(1_500, seed);
@@ -179,7 +179,7 @@ proptest! {
         let acked = run_with_crashes(&d, &db, batch, every, &crashes);
         check(&d, &db, &acked);
         // Duplicates in the DLQ come only from deaths between the acknowledgement and the commit.
-        if !crashes.iter().any(|(_, c)| matches!(c, Crash::AfterDlqAck)) {
+        if !crashes.iter().any(|(_, c)| matches!(c, DiesAfter::DlqAck)) {
             prop_assert_eq!(acked.len(), d.rejected.len());
         }
     }
