@@ -43,6 +43,11 @@ pub enum StoreError {
     /// A commit would move the partition's checkpoint backwards.
     #[error("partition {partition}: checkpoint {stored} is ahead of the commit's {offered}")]
     Regress { partition: i32, stored: i64, offered: i64 },
+    /// There is no store at the path (nothing has run there yet).
+    #[error(
+        "no view store at {0}: run a worker first, or point --config / store.path at the store"
+    )]
+    Missing(String),
     /// A stored value cannot be read back (the file was edited by hand?).
     #[error("view store holds an unreadable value: {0}")]
     Corrupt(String),
@@ -97,6 +102,14 @@ impl ViewStore {
             found,
         })?;
         Ok(store)
+    }
+
+    /// Opens an existing store, for reading; refuses to create one.
+    pub fn open_existing(path: &Path, topic: &str) -> Result<ViewStore, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.display().to_string()));
+        }
+        ViewStore::open(path, topic)
     }
 
     fn check_meta(

@@ -107,6 +107,14 @@ fn checkpoints_never_move_backwards() {
 }
 
 #[test]
+fn reading_a_missing_store_says_so_and_creates_nothing() {
+    let path = temp_db("missing");
+    let err = ViewStore::open_existing(&path, "t").unwrap_err();
+    assert!(err.to_string().starts_with("no view store at "), "{err}");
+    assert!(!path.exists());
+}
+
+#[test]
 fn a_store_belongs_to_one_topic() {
     let path = temp_db("topic");
     drop(ViewStore::open(&path, "sampling-events").unwrap());

@@ -6,6 +6,7 @@ mod demo;
 mod output;
 mod process;
 mod simulate;
+mod views;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,8 @@ enum Command {
     Simulate(simulate::Args),
     /// Run the pipeline's rules over a JSON-lines file in memory (no Kafka, no store) and print the views.
     Process(process::Args),
+    /// Print the views held in the view store (`store.path`, default `<data_dir>/views.db`).
+    Views(views::Args),
     /// Print the effective configuration (defaults, file and environment merged) as JSON.
     Config,
 }
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Process(args) => process::run(args, &config),
+        Command::Views(args) => views::run(args, &config),
     };
     match result {
         Ok(code) => code,
