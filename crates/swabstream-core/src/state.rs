@@ -162,9 +162,6 @@ impl PartitionState {
     }
 
     fn prepare<'a>(&self, record: &Record<'a>) -> Prepared<'a> {
-        if self.is_applied(record.offset) {
-            return Prepared::Skip;
-        }
         match record.payload {
             None => Prepared::Malformed(None),
             Some(payload) => match self.codec.decode(payload) {
@@ -184,12 +181,11 @@ impl PartitionState {
         dlq: &mut Vec<DlqRecord>,
     ) -> Outcome {
         let payload = record.payload.unwrap_or_default();
-        // Checked again here: a batch may hold the same offset twice.
+        // Checked when applying, not when preparing: a batch may hold the same offset twice.
         if self.is_applied(record.offset) {
             return self.finish(record.offset, Outcome::Skipped);
         }
         match prepared {
-            Prepared::Skip => self.finish(record.offset, Outcome::Skipped),
             Prepared::Malformed(None) => {
                 self.malformed(record, payload, "the record has no value", dlq)
             }
@@ -502,7 +498,6 @@ impl Keys {
 
 /// A record made ready to apply: decoded and fingerprinted, or not decodable.
 enum Prepared<'a> {
-    Skip,
     Malformed(Option<DecodeError>),
     Event(Event<'a>, Keys),
 }
