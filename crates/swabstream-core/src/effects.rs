@@ -59,6 +59,16 @@ impl OutcomeCounts {
         self.accepted + self.duplicates + self.rejected_total()
     }
 
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &OutcomeCounts) {
+        self.accepted += other.accepted;
+        self.duplicates += other.duplicates;
+        self.skipped += other.skipped;
+        for (t, r) in self.rejected.iter_mut().zip(other.rejected) {
+            *t += r;
+        }
+    }
+
     /// The counts of `self` since `earlier`.
     pub fn since(&self, earlier: &OutcomeCounts) -> OutcomeCounts {
         let mut rejected = [0; 7];

@@ -219,11 +219,11 @@ impl PartitionState {
         let cutoff = self.cutoff_day();
 
         // Rule 2: exact dedupe, valid or not.
-        if let Some(seen) = self.ids.get(&IdSlot::probe(keys.id)) {
-            if Day(seen.day) >= cutoff {
-                self.views.count_duplicate(day);
-                return self.finish(offset, Outcome::Duplicate);
-            }
+        if let Some(seen) = self.ids.get(&IdSlot::probe(keys.id))
+            && Day(seen.day) >= cutoff
+        {
+            self.views.count_duplicate(day);
+            return self.finish(offset, Outcome::Duplicate);
         }
         if day >= cutoff {
             self.ids.insert(IdSlot { key: keys.id.0, day: day.0 });
@@ -410,10 +410,10 @@ impl PartitionState {
             }
             Body::RelativeCodeAudited(a) => {
                 let Some(key) = keys.code else { return };
-                if self.code(key).is_some_and(|c| c.kind() == CodeKind::Relative) {
-                    if let Some(code) = self.codes.get_mut(&CodeSlot::probe(key)) {
-                        code.verified = a.approved;
-                    }
+                if self.code(key).is_some_and(|c| c.kind() == CodeKind::Relative)
+                    && let Some(code) = self.codes.get_mut(&CodeSlot::probe(key))
+                {
+                    code.verified = a.approved;
                 }
             }
             Body::SampleScanned(s) => {

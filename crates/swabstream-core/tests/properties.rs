@@ -94,10 +94,10 @@ fn event() -> impl Strategy<Value = Event<'static>> {
     (0u8..40, 0u8..4, timestamp(), prop_oneof![2 => issued, 1 => audited, 5 => scanned]).prop_map(
         |(id, p, occurred_at, mut body)| {
             // generated_at was drawn as an offset in seconds from occurred_at.
-            if let Body::SampleScanned(s) = &mut body {
-                if let Identification::Code { generated_at: Some(g), .. } = &mut s.identification {
-                    *g = occurred_at.plus_secs(g.0);
-                }
+            if let Body::SampleScanned(s) = &mut body
+                && let Identification::Code { generated_at: Some(g), .. } = &mut s.identification
+            {
+                *g = occurred_at.plus_secs(g.0);
             }
             Event { event_id: format!("e{id}").into(), person_ref: person(p), occurred_at, body }
         },

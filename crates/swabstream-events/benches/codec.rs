@@ -53,7 +53,7 @@ fn events() -> Vec<Event<'static>> {
                 let identification = match r {
                     0..75 => Identification::Code {
                         code_id: Cow::Owned(code_id),
-                        generated_at: (r % 3 == 0).then(|| Timestamp(t - 4_000_000)),
+                        generated_at: r.is_multiple_of(3).then(|| Timestamp(t - 4_000_000)),
                     },
                     75..83 => Identification::IdDocument,
                     _ => Identification::DeclaredId,

@@ -59,8 +59,9 @@ pub enum Resume {
 /// What a commit did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Committed {
-    /// Rows and offset were written (with a snapshot if `true`).
-    Written { next_offset: i64, snapshot: bool },
+    /// Rows and offset were written, with a snapshot of `snapshot_bytes`
+    /// bytes if `snapshot`.
+    Written { next_offset: i64, snapshot: bool, snapshot_bytes: usize },
     /// Still rebuilding state below the checkpoint: nothing to write yet.
     Replaying { next_offset: i64, checkpoint: i64 },
     /// Nothing was applied since the last commit.
@@ -105,6 +106,11 @@ impl PartitionRunner {
             written: checkpoint,
         };
         Ok((runner, resume))
+    }
+
+    /// The epoch of this runner's claim.
+    pub fn epoch(&self) -> i64 {
+        self.epoch
     }
 
     /// The partition this runner owns.
@@ -159,6 +165,10 @@ impl PartitionRunner {
         store.commit(self.partition, self.epoch, &rows, next, bytes.as_deref())?;
         self.state.clear_changes();
         self.written = next;
-        Ok(Committed::Written { next_offset: next, snapshot })
+        Ok(Committed::Written {
+            next_offset: next,
+            snapshot,
+            snapshot_bytes: bytes.as_ref().map_or(0, Vec::len),
+        })
     }
 }

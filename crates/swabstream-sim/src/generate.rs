@@ -825,10 +825,10 @@ impl<'a> Generator<'a> {
                 (Outcome::Rejected(reason), body) => {
                     truth.city(day).rejected += 1;
                     *truth.rejection(day, reason) += 1;
-                    if let RecBody::Scan { district, .. } = body {
-                        if district < 16 {
-                            truth.district(day, district).rejected += 1;
-                        }
+                    if let RecBody::Scan { district, .. } = body
+                        && district < 16
+                    {
+                        truth.district(day, district).rejected += 1;
                     }
                 }
                 (Outcome::Valid, RecBody::Issue { kind, channel, .. }) => {

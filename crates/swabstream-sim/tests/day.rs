@@ -44,10 +44,10 @@ struct Code {
 }
 
 fn validate(p: &PersonState, e: &Event<'_>, record_ts: Timestamp) -> Option<Reason> {
-    if let Body::SampleScanned(s) = &e.body {
-        if district_index(&s.district).is_none() {
-            return Some(Reason::DistrictUnknown);
-        }
+    if let Body::SampleScanned(s) = &e.body
+        && district_index(&s.district).is_none()
+    {
+        return Some(Reason::DistrictUnknown);
     }
     if e.occurred_at > record_ts.plus_secs(300) {
         return Some(Reason::InFuture);
@@ -95,10 +95,10 @@ fn reference_views<'e>(
         if let Some(reason) = validate(p, e, record_ts) {
             t.city(day).rejected += 1;
             t.rejections(day, reason.as_str()).count += 1;
-            if let Body::SampleScanned(s) = &e.body {
-                if district_index(&s.district).is_some() {
-                    t.district(day, &s.district).rejected += 1;
-                }
+            if let Body::SampleScanned(s) = &e.body
+                && district_index(&s.district).is_some()
+            {
+                t.district(day, &s.district).rejected += 1;
             }
             continue;
         }
@@ -113,10 +113,10 @@ fn reference_views<'e>(
                 p.codes.insert(c.code_id.to_string(), code);
             }
             Body::RelativeCodeAudited(a) => {
-                if let Some(c) = p.codes.get_mut(&*a.code_id) {
-                    if c.kind == CodeKind::Relative {
-                        c.verified = a.approved;
-                    }
+                if let Some(c) = p.codes.get_mut(&*a.code_id)
+                    && c.kind == CodeKind::Relative
+                {
+                    c.verified = a.approved;
                 }
             }
             Body::SampleScanned(s) => {

@@ -63,13 +63,26 @@ fn partial_rows_of_partitions_sum_into_views() {
     assert_eq!(s.offsets().unwrap(), vec![(0, 12), (1, 5)]);
 
     // Anyone with an SQL shell sees the same numbers.
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    let (people, pct): (i64, f64) = conn
-        .query_row("SELECT people_sampled, percent_using_code FROM city_daily", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let (people, pct) = rt.block_on(async {
+        let conn = libsql::Builder::new_local(&path).build().await.unwrap().connect().unwrap();
+        let mut rows = conn
+            .query("SELECT people_sampled, percent_using_code FROM city_daily", ())
+            .await
+            .unwrap();
+        let r = rows.next().await.unwrap().unwrap();
+        (r.get::<i64>(0).unwrap(), r.get::<f64>(1).unwrap())
+    });
     assert_eq!((people, pct), (5, 60.0));
+    // Including the sqlite3 shell itself, where it is installed.
+    if let Ok(out) = std::process::Command::new("sqlite3")
+        .arg(&path)
+        .arg("SELECT people_sampled, percent_using_code FROM city_daily")
+        .output()
+    {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5|60.0");
+    }
 }
 
 #[test]
@@ -157,4 +170,68 @@ fn a_simulated_day_committed_batch_by_batch_reads_back_as_its_truth() {
     }
     let diffs = store.views().unwrap().differences(&sim.truth);
     assert!(diffs.is_empty(), "{diffs:#?}");
+}
+
+/// What a worker does, end to end: claim, commit rows and a large snapshot,
+/// lose the partition to another store on the same file, read views.
+fn claim_commit_fence_read(path: &std::path::Path) {
+    let mut s = ViewStore::open(path, "t").unwrap();
+    let old = s.claim(0).unwrap();
+    let snapshot: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+    s.commit(0, old.epoch, &[city(3, 1)], 40, Some(&snapshot)).unwrap();
+    let mut other = ViewStore::open_existing(path, "t").unwrap();
+    let new = other.claim(0).unwrap();
+    let cp = new.checkpoint.unwrap();
+    assert_eq!(cp.next_offset, 40);
+    assert!(cp.snapshot.unwrap().bytes == snapshot, "the snapshot reads back as written");
+    let err = s.commit(0, old.epoch, &[city(9, 9)], 41, None).unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    other.commit(0, new.epoch, &[city(4, 2)], 41, None).unwrap();
+    assert_eq!(s.views().unwrap().city(day()).unwrap().people_sampled, 4);
+    assert_eq!(s.offsets().unwrap(), vec![(0, 41)]);
+}
+
+// The store's API is synchronous and needs no runtime, but it may be called
+// from inside one (`swabstream views` under a tokio main, say): it then
+// blocks the calling thread for each SQLite call, like any blocking I/O.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_from_inside_a_multi_thread_tokio_runtime() {
+    claim_commit_fence_read(&temp_db("tokio-mt"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn works_from_inside_a_current_thread_tokio_runtime() {
+    claim_commit_fence_read(&temp_db("tokio-ct"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_from_tokio_blocking_threads() {
+    let path = temp_db("tokio-blocking");
+    tokio::task::spawn_blocking(move || claim_commit_fence_read(&path)).await.unwrap();
+}
+
+#[test]
+fn concurrent_writers_wait_for_each_other() {
+    let path = temp_db("concurrent");
+    drop(ViewStore::open(&path, "t").unwrap());
+    let workers: Vec<_> = (0..4)
+        .map(|p| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut s = ViewStore::open(&path, "t").unwrap();
+                let c = s.claim(p).unwrap();
+                for n in 1..=50 {
+                    let snapshot = vec![p as u8; 64 << 10];
+                    s.commit(p, c.epoch, &[city(n, 0)], n as i64, Some(&snapshot)).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let s = ViewStore::open_existing(&path, "t").unwrap();
+    assert_eq!(s.offsets().unwrap(), vec![(0, 50), (1, 50), (2, 50), (3, 50)]);
+    assert_eq!(s.views().unwrap().city(day()).unwrap().people_sampled, 200);
 }

@@ -46,6 +46,10 @@ pub struct KafkaConfig {
     /// librdkafka settings passed through as they are (SASL, TLS, ...), e.g.
     /// `"security.protocol" = "SASL_SSL"`.
     pub client: BTreeMap<String, String>,
+    /// librdkafka settings for consumers only (e.g. `"session.timeout.ms"`).
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka settings for producers only (e.g. `"linger.ms"`).
+    pub producer: BTreeMap<String, String>,
 }
 
 /// Which view store, and where.
@@ -76,6 +80,10 @@ pub struct WorkerConfig {
     /// How often a partition's state snapshot is written with its checkpoint.
     #[serde(with = "humantime_serde")]
     pub snapshot_interval: Duration,
+    /// A partition whose owner showed no life in the view store for this
+    /// long makes workers rejoin their group, to have it reassigned.
+    #[serde(with = "humantime_serde")]
+    pub orphan_after: Duration,
 }
 
 /// The Prometheus endpoint.
@@ -110,6 +118,8 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             group_id: "swabstream-views".to_owned(),
             client: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
         }
     }
 }
@@ -126,6 +136,7 @@ impl Default for WorkerConfig {
             batch_max_records: 4096,
             batch_max_wait: Duration::from_millis(200),
             snapshot_interval: Duration::from_secs(30),
+            orphan_after: Duration::from_secs(60),
         }
     }
 }
@@ -166,6 +177,16 @@ impl Config {
             "kafka.topic and kafka.dlq_topic must differ"
         );
         Ok(())
+    }
+
+    /// The cluster as clients see it, at `bootstrap`.
+    pub fn cluster(&self, bootstrap: String) -> swabstream_kafka::Cluster {
+        swabstream_kafka::Cluster {
+            bootstrap,
+            client: self.kafka.client.clone(),
+            consumer: self.kafka.consumer.clone(),
+            producer: self.kafka.producer.clone(),
+        }
     }
 
     /// The embedded store's file.

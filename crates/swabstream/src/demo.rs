@@ -1,39 +1,83 @@
 //! `swabstream demo`: the main job, end to end on one machine.
 //!
-//! It simulates a sampling day, encodes every event to its wire form, routes
-//! it to a partition by `person_ref` as Kafka's keyed producer would, applies
-//! each partition's records with its own `PartitionState`, sums the partial
-//! views, prints the city and district views with the percentage of people
+//! It starts an embedded broker and view store in a fresh directory,
+//! simulates a sampling day, publishes it to the topic (Avro, keyed by
+//! `person_ref`, idempotent acks=all), runs the worker to the end of the
+//! log, prints the city and district views with the percentage of people
 //! identified with codes, and checks them against the simulator's ground
 //! truth, exiting non-zero on any difference.
-//!
-//! The records stay in memory here; the Kafka transport and the view store
-//! are the pipeline issue's work (see ARCHITECTURE.md), and will slot in
-//! between the encoding and the partition states without changing either.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use swabstream_core::{CoreConfig, OutcomeCounts, PartitionState, Record};
+use anyhow::Context as _;
+use swabstream_broker::EmbeddedBroker;
 use swabstream_events::avro::Codec;
+use swabstream_kafka::{Publisher, TopicSpec, ensure_topics, worker};
 use swabstream_sim::{SimConfig, simulate};
-use swabstream_views::{ViewSet, render_table};
+use swabstream_store::ViewStore;
+use swabstream_views::render_table;
+
+use crate::config::Config;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// People living in the simulated city (2040000 reproduces the scale of 2022-04-09).
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 100_000)]
     people: u64,
     /// Seed of the simulation.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Partitions to spread persons over, as the topic would.
+    /// Partitions of the demo's topic.
     #[arg(long, default_value_t = 4)]
-    partitions: u32,
+    partitions: i32,
+    /// Directory for the demo's broker log and view store (default: a fresh
+    /// temporary directory, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(rt: &tokio::runtime::Runtime, args: Args, config: &Config) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.partitions > 0, "--partitions must be at least 1");
+    let (dir, temporary) = match &args.dir {
+        Some(d) => (d.clone(), false),
+        None => {
+            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+            let d = std::env::temp_dir()
+                .join(format!("swabstream-demo-{}-{nanos}", std::process::id()));
+            (d, true)
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = demo(rt, &args, config, &dir);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("the demo's broker log and view store are in {}", dir.display());
+    }
+    result
+}
+
+fn demo(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    config: &Config,
+    dir: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let topic = &config.kafka.topic;
+    let broker = rt.block_on(EmbeddedBroker::start(&dir.join("broker.db"), 0))?;
+    let cluster = config.cluster(broker.bootstrap());
+    let topics = [topic, &config.kafka.dlq_topic].map(|name| TopicSpec {
+        name: name.clone(),
+        partitions: args.partitions,
+        replication_factor: 1,
+    });
+    rt.block_on(ensure_topics(&cluster, &topics))?;
+    eprintln!("embedded broker on {} storing to {}", broker.bootstrap(), broker.file().display());
+
     let cfg = SimConfig { people: args.people, seed: args.seed, ..SimConfig::default() };
     let started = Instant::now();
     let sim = simulate(&cfg);
@@ -44,47 +88,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         started.elapsed()
     );
 
-    let codec = Codec::shared();
-    let mut partitions: Vec<Vec<Vec<u8>>> = vec![Vec::new(); args.partitions as usize];
-    for e in &sim.events {
-        let mut buf = Vec::with_capacity(160);
-        codec.encode(e, &mut buf);
-        // The Kafka key is the pseudonym's text form.
-        partitions[partition_of(e.person_ref.to_hex().as_bytes(), args.partitions)].push(buf);
-    }
-    // Published after the simulated day, as the simulator's truth assumes.
-    let record_time = cfg.day.start().plus_secs(2 * 86_400);
-
     let started = Instant::now();
-    let mut parts = Vec::new();
-    let mut counts = OutcomeCounts::default();
-    for records in &partitions {
-        let mut state = PartitionState::new(CoreConfig::default());
-        let mut dlq = Vec::new();
-        let records: Vec<Record<'_>> = records
-            .iter()
-            .enumerate()
-            .map(|(offset, p)| Record {
-                offset: offset as i64,
-                timestamp: record_time,
-                payload: Some(p),
-            })
-            .collect();
-        // In consumer-sized batches, as a worker applies what it polled.
-        for batch in records.chunks(1024) {
-            state.apply_batch(batch, &mut dlq);
-        }
-        let c = state.counts();
-        counts.accepted += c.accepted;
-        counts.duplicates += c.duplicates;
-        for (t, r) in counts.rejected.iter_mut().zip(c.rejected) {
-            *t += r;
-        }
-        parts.push(state.views());
+    let mut producer = Publisher::new(&cluster)?;
+    let codec = Codec::shared();
+    let mut buf = Vec::with_capacity(256);
+    for e in &sim.events {
+        buf.clear();
+        codec.encode(e, &mut buf);
+        producer.send(topic, Some(e.person_ref.to_hex().as_bytes()), &buf, None)?;
     }
-    let elapsed = started.elapsed();
-    let views = ViewSet::sum(parts);
+    producer.wait(Duration::from_secs(600), || false).context("publishing the day")?;
+    let published = started.elapsed();
+    eprintln!(
+        "published {} events in {:.2?} ({:.0} events/s, idempotent, acks=all)",
+        producer.delivery().acked(),
+        published,
+        producer.delivery().acked() as f64 / published.as_secs_f64()
+    );
+    drop(producer);
 
+    let mut opts = crate::run::options(config, true);
+    opts.store_path = dir.join("views.db");
+    opts.group_id = "swabstream-demo".to_owned();
+    let report = worker::run(&cluster, &opts, Arc::new(AtomicBool::new(false)))?;
+    eprintln!("worker: {}", crate::run::summary(&report));
+    rt.block_on(broker.stop());
+
+    let views = ViewStore::open_existing(&opts.store_path, topic)?.views()?;
     print!(
         "{}",
         render_table(&views, &["city_daily", "district_daily", "method_daily", "rejections_daily"])
@@ -98,16 +128,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             city.percent_using_code.unwrap_or(0.0)
         );
     }
-    eprintln!(
-        "processed {} records over {} partitions in {:.2?} ({:.0} events/s): {} accepted, {} duplicates, {} rejected",
-        counts.applied(),
-        args.partitions,
-        elapsed,
-        counts.applied() as f64 / elapsed.as_secs_f64(),
-        counts.accepted,
-        counts.duplicates,
-        counts.rejected_total()
-    );
     let diffs = views.differences(&sim.truth);
     if diffs.is_empty() {
         println!("check: the views equal the simulator's ground truth");
@@ -121,60 +141,5 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("  {d}");
         }
         Ok(ExitCode::FAILURE)
-    }
-}
-
-/// The partition of a key, as Kafka's default partitioner chooses it for the
-/// key bytes: murmur2, positive part, modulo the partition count.
-pub fn partition_of(key: &[u8], partitions: u32) -> usize {
-    ((murmur2(key) & 0x7fff_ffff) % partitions) as usize
-}
-
-/// Kafka's murmur2 (the Java client's `Utils.murmur2`).
-fn murmur2(data: &[u8]) -> u32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let len = data.len();
-    let mut h = SEED ^ len as u32;
-    let mut chunks = data.chunks_exact(4);
-    for c in &mut chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        h ^= u32::from(rest[2]) << 16;
-    }
-    if rest.len() >= 2 {
-        h ^= u32::from(rest[1]) << 8;
-    }
-    if !rest.is_empty() {
-        h ^= u32::from(rest[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn murmur2_matches_kafka() {
-        // Values from Kafka's own UtilsTest.testMurmur2.
-        assert_eq!(murmur2(b"21") as i32, -973932308);
-        assert_eq!(murmur2(b"foobar") as i32, -790332482);
-        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
-        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
-        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
-        assert_eq!(murmur2(b"abc") as i32, 479470107);
     }
 }

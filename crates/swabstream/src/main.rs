@@ -1,10 +1,15 @@
 //! `swabstream`: the one binary (SPEC §5). Each subcommand lives in its own
 //! module; this file only parses the command line and dispatches.
 
+mod broker;
 mod config;
+mod connect;
 mod demo;
 mod output;
 mod process;
+mod publish;
+mod replay;
+mod run;
 mod simulate;
 mod views;
 
@@ -23,6 +28,9 @@ struct Cli {
     /// environment variables override it (nested keys joined by `__`).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<std::path::PathBuf>,
+    /// Log as JSON lines (for log collectors) instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,6 +39,14 @@ struct Cli {
 enum Command {
     /// The main job: simulate a sampling day, run it through the pipeline, print the views and check them against the truth.
     Demo(demo::Args),
+    /// Publish JSON-lines events (a file, or `-` for standard input) to the topic.
+    Publish(publish::Args),
+    /// The pipeline worker: a consumer-group member keeping the views of its partitions.
+    Run(run::Args),
+    /// Rebuild the views from the log into a fresh store and compare them with the live ones.
+    Replay(replay::Args),
+    /// Run the embedded Kafka-API broker alone (for local development and tests).
+    Broker,
     /// Write a realistic sampling day as JSON lines (events.jsonl) plus its ground truth (truth.json).
     Simulate(simulate::Args),
     /// Run the pipeline's rules over a JSON-lines file in memory (no Kafka, no store) and print the views.
@@ -50,9 +66,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(cli.log_json);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Config => print_config(&config),
-        Command::Demo(args) => demo::run(args),
+        Command::Demo(args) => demo::run(&rt, args, &config),
+        Command::Publish(args) => publish::run(&rt, args, &config),
+        Command::Run(args) => run::run(&rt, args, &config),
+        Command::Replay(args) => replay::run(&rt, args, &config),
+        Command::Broker => broker::run(&rt, &config),
         Command::Simulate(args) => simulate::run(args),
         Command::Process(args) => process::run(args, &config),
         Command::Views(args) => views::run(args, &config),
@@ -63,6 +91,39 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Logs go to standard error; `RUST_LOG` overrides the default level (info
+/// for swabstream, warnings for its libraries).
+fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("warn,swabstream=info,swabstream_kafka=info,swabstream_broker=info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }
 

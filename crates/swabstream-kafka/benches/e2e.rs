@@ -1,0 +1,156 @@
+//! End-to-end throughput through the embedded broker, against the raw
+//! consume rate of the same topic by a bare rdkafka consumer, in one run.
+//!
+//!     cargo bench -p swabstream-kafka --bench e2e -- [people] [partitions]
+//!
+//! 1. starts the embedded broker on its default, durable SQLite storage;
+//! 2. simulates a day of `people` (default 200,000) and publishes it
+//!    (idempotent, acks=all, keyed by person_ref);
+//! 3. a bare consumer-group member reads the whole topic, touching every
+//!    payload (the raw rate);
+//! 4. a worker (`swabstream run --until-caught-up`'s code) applies it into a
+//!    fresh view store: decode, dedupe, validate, project, DLQ produce and
+//!    acknowledgement, atomic commits of rows and offsets, snapshots;
+//! 5. a second worker claims the partitions again: the recovery cost.
+//!
+//! Both consumers start from a group join, measured from subscribe to the
+//! last record. It prints figures; it asserts nothing about speed.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Message};
+use swabstream_broker::EmbeddedBroker;
+use swabstream_core::CoreConfig;
+use swabstream_events::avro::Codec;
+use swabstream_kafka::worker::{self, WorkerOptions};
+use swabstream_kafka::{Cluster, Publisher, TopicSpec, ensure_topics};
+use swabstream_sim::{SimConfig, simulate};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let people: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(200_000);
+    let partitions: i32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(4);
+    let dir = std::env::temp_dir().join(format!("swabstream-bench-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let broker = rt.block_on(EmbeddedBroker::start(&dir.join("broker.db"), 0))?;
+    let cluster = Cluster::new(broker.bootstrap());
+    let topic = "bench-events";
+    let dlq = "bench-dlq";
+    rt.block_on(ensure_topics(
+        &cluster,
+        &[topic, dlq].map(|name| TopicSpec {
+            name: name.to_owned(),
+            partitions,
+            replication_factor: 1,
+        }),
+    ))?;
+
+    let sim = simulate(&SimConfig { people, ..SimConfig::default() });
+    let n = sim.events.len() as u64;
+    let started = Instant::now();
+    let mut producer = Publisher::new(&cluster)?;
+    let codec = Codec::shared();
+    let mut buf = Vec::new();
+    let mut bytes = 0usize;
+    for e in &sim.events {
+        buf.clear();
+        codec.encode(e, &mut buf);
+        bytes += buf.len();
+        producer.send(topic, Some(e.person_ref.to_hex().as_bytes()), &buf, None)?;
+    }
+    producer.wait(Duration::from_secs(900), || false)?;
+    let publish = started.elapsed();
+    drop(producer);
+    println!(
+        "embedded broker (SQLite, durable), {partitions} partitions, {people} people: {n} events, {:.0} bytes each on average",
+        bytes as f64 / n as f64
+    );
+    println!("publish (idempotent, acks=all): {:>10.0} events/s", n as f64 / publish.as_secs_f64());
+
+    let raw = raw_consume(&cluster, topic, n)?;
+    println!("raw consumer (group member):    {:>10.0} events/s", n as f64 / raw.as_secs_f64());
+
+    let opts = WorkerOptions {
+        topic: topic.to_owned(),
+        dlq_topic: dlq.to_owned(),
+        group_id: "bench-worker".to_owned(),
+        store_path: dir.join("views.db"),
+        core: CoreConfig::default(),
+        batch_max_records: 4096,
+        batch_max_wait: Duration::from_millis(200),
+        snapshot_interval: Duration::from_secs(30),
+        orphan_after: Duration::from_secs(60),
+        until_caught_up: true,
+    };
+    let r = worker::run(&cluster, &opts, Arc::new(AtomicBool::new(false)))?;
+    let applied = r.counts.applied();
+    assert_eq!(applied, n, "the worker applied every event once");
+    let e2e = applied as f64 / r.elapsed.as_secs_f64();
+    println!("end to end (worker):            {e2e:>10.0} events/s");
+    println!("ratio end-to-end / raw:         {:>10.2}", e2e / (n as f64 / raw.as_secs_f64()));
+    println!(
+        "worker: {} batches; store commit without snapshot {:.2} ms on average ({} commits); with snapshot {:.1} ms on average ({} snapshots, {:.1} MB in all)",
+        r.batches,
+        ms(r.commit_time) / r.commits.max(1) as f64,
+        r.commits,
+        ms(r.snapshot_time) / r.snapshots.max(1) as f64,
+        r.snapshots,
+        r.snapshot_bytes as f64 / 1e6,
+    );
+
+    // Recovery: a new worker claims every partition (reads its checkpoint,
+    // restores its snapshot) and finds nothing left to replay.
+    let mut opts2 = opts.clone();
+    opts2.group_id = "bench-worker-2".to_owned();
+    let r2 = worker::run(&cluster, &opts2, Arc::new(AtomicBool::new(false)))?;
+    println!(
+        "recovery: {} claims restored in {:.1} ms in all ({:.1} ms per partition); state rebuilt from a snapshot replays at the end-to-end rate above",
+        r2.claims,
+        ms(r2.claim_time),
+        ms(r2.claim_time) / r2.claims.max(1) as f64
+    );
+    rt.block_on(broker.stop());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A bare consumer-group member with the worker's fetch settings, reading
+/// `n` records and touching each payload.
+fn raw_consume(cluster: &Cluster, topic: &str, n: u64) -> anyhow::Result<Duration> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cluster.bootstrap)
+        .set("group.id", "bench-raw")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.max.bytes", "1048576")
+        .create()?;
+    let started = Instant::now();
+    consumer.subscribe(&[topic])?;
+    let mut seen = 0u64;
+    let mut checksum = 0u64;
+    while seen < n {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                seen += 1;
+                checksum = checksum.wrapping_add(m.payload().map_or(0, |p| p.len() as u64));
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(e)) => eprintln!("raw consumer: {e}"),
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(900), "raw consume stalled");
+    }
+    let took = started.elapsed();
+    std::hint::black_box(checksum);
+    std::thread::spawn(move || drop(consumer));
+    Ok(took)
+}

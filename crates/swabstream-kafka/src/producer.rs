@@ -1,0 +1,196 @@
+//! The idempotent, acks=all producer that publishes events and DLQ records.
+//!
+//! It is a `BaseProducer` polled by its caller: the callers (publish, the
+//! worker) are synchronous loops that must know when *everything* they sent
+//! was acknowledged, which `wait` answers by counting deliveries in the
+//! producer's context.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+
+use crate::{Cluster, Role};
+
+/// Counts acknowledgements and failures as librdkafka reports them.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    acked: AtomicU64,
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Delivery {
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// The first delivery error seen, if any.
+    pub fn first_error(&self) -> Option<String> {
+        self.first_error.lock().map(|e| e.clone()).unwrap_or(None)
+    }
+}
+
+impl ClientContext for Delivery {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::log_librdkafka(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::log_client_error(error, reason);
+    }
+}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut first) = self.first_error.lock() {
+                    first.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// Why waiting for acknowledgements ended without all of them.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error("{failed} records were not acknowledged by Kafka: {first}")]
+    Failed { failed: u64, first: String },
+    #[error("{0} records still unacknowledged when told to stop")]
+    Interrupted(i32),
+    #[error("{0} records still unacknowledged after the time allowed")]
+    TimedOut(i32),
+}
+
+/// An idempotent producer with acks=all: Kafka keeps every acknowledged
+/// record exactly once per partition, in order, even when sends are retried.
+pub struct Publisher {
+    producer: BaseProducer<Delivery>,
+    sent: u64,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("sent", &self.sent).finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    pub fn new(cluster: &Cluster) -> anyhow::Result<Publisher> {
+        let producer = cluster
+            .config(
+                Role::Producer,
+                &[
+                    ("enable.idempotence", "true"),
+                    ("acks", "all"),
+                    // The Java client's keyed partitioner: a person's events land
+                    // in one partition whichever client published them.
+                    ("partitioner", "murmur2_random"),
+                    ("linger.ms", "5"),
+                    ("queue.buffering.max.messages", "200000"),
+                    // Retried for up to 10 minutes: a broker restart must not
+                    // fail a publish or a worker's DLQ.
+                    ("delivery.timeout.ms", "600000"),
+                ],
+            )
+            .create_with_context(Delivery::default())?;
+        Ok(Publisher { producer, sent: 0 })
+    }
+
+    /// Queues one record; when librdkafka's queue is full, serves
+    /// acknowledgements until there is room.
+    pub fn send(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> anyhow::Result<()> {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(20));
+                }
+                Err((e, _)) => anyhow::bail!("cannot queue a record for `{topic}`: {e}"),
+            }
+        }
+        self.sent += 1;
+        if self.sent.is_multiple_of(1024) {
+            self.producer.poll(Duration::ZERO);
+        }
+        Ok(())
+    }
+
+    /// Records queued so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Serves acknowledgements without waiting.
+    pub fn poll(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    pub fn delivery(&self) -> &Delivery {
+        self.producer.context()
+    }
+
+    /// Waits until every queued record was acknowledged (or failed, which is
+    /// an error), until `stop` says so, or until `limit` passed.
+    pub fn wait(&self, limit: Duration, stop: impl Fn() -> bool) -> Result<(), WaitError> {
+        let started = Instant::now();
+        loop {
+            let _ = self.producer.flush(Duration::from_millis(200));
+            let pending = self.producer.in_flight_count();
+            let d = self.delivery();
+            if d.failed() > 0 {
+                return Err(WaitError::Failed {
+                    failed: d.failed(),
+                    first: d.first_error().unwrap_or_default(),
+                });
+            }
+            if pending == 0 {
+                return Ok(());
+            }
+            if stop() {
+                return Err(WaitError::Interrupted(pending));
+            }
+            if started.elapsed() >= limit {
+                return Err(WaitError::TimedOut(pending));
+            }
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        // Anything unacknowledged here is reported by `wait`'s callers; do
+        // not block a drop on a broker that may be gone.
+        let _ = self.producer.flush(Duration::from_millis(100));
+    }
+}
