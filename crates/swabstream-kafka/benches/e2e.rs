@@ -39,7 +39,10 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let rt = tokio::runtime::Runtime::new()?;
     let broker = rt.block_on(EmbeddedBroker::start(&dir.join("broker.db"), 0))?;
-    let cluster = Cluster::new(broker.bootstrap());
+    let mut cluster = Cluster::new(broker.bootstrap());
+    // Both consumers read with the worker's fetch size unless told otherwise.
+    let fetch_max_bytes = std::env::var("FETCH_MAX_BYTES").unwrap_or_else(|_| "1048576".into());
+    cluster.consumer.insert("fetch.max.bytes".into(), fetch_max_bytes.clone());
     let topic = "bench-events";
     let dlq = "bench-dlq";
     rt.block_on(ensure_topics(
@@ -73,7 +76,8 @@ fn main() -> anyhow::Result<()> {
     );
     println!("publish (idempotent, acks=all): {:>10.0} events/s", n as f64 / publish.as_secs_f64());
 
-    let raw = raw_consume(&cluster, topic, n)?;
+    println!("consumers' fetch.max.bytes: {fetch_max_bytes}");
+    let raw = raw_consume(&cluster, topic, n, &fetch_max_bytes)?;
     println!("raw consumer (group member):    {:>10.0} events/s", n as f64 / raw.as_secs_f64());
 
     let opts = WorkerOptions {
@@ -126,13 +130,18 @@ fn ms(d: Duration) -> f64 {
 
 /// A bare consumer-group member with the worker's fetch settings, reading
 /// `n` records and touching each payload.
-fn raw_consume(cluster: &Cluster, topic: &str, n: u64) -> anyhow::Result<Duration> {
+fn raw_consume(
+    cluster: &Cluster,
+    topic: &str,
+    n: u64,
+    fetch_max_bytes: &str,
+) -> anyhow::Result<Duration> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cluster.bootstrap)
         .set("group.id", "bench-raw")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("fetch.max.bytes", "1048576")
+        .set("fetch.max.bytes", fetch_max_bytes)
         .create()?;
     let started = Instant::now();
     consumer.subscribe(&[topic])?;

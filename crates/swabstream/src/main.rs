@@ -97,6 +97,7 @@ fn main() -> ExitCode {
 /// Logs go to standard error; `RUST_LOG` overrides the default level (info
 /// for swabstream, warnings for its libraries).
 fn init_logging(json: bool) {
+    LOG_JSON.store(json, std::sync::atomic::Ordering::Relaxed);
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("warn,swabstream=info,swabstream_kafka=info,swabstream_broker=info")
@@ -109,6 +110,18 @@ fn init_logging(json: bool) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A command's closing line: on standard error for people, or as a log
+/// record when logs are JSON (so a log collector sees only JSON).
+pub fn report(line: &str) {
+    if LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!("{line}");
+    } else {
+        eprintln!("{line}");
     }
 }
 

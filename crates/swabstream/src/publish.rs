@@ -36,7 +36,7 @@ pub fn run(rt: &tokio::runtime::Runtime, args: Args, config: &Config) -> anyhow:
     let result = publish(reader, size, &kafka.cluster, &config.kafka.topic);
     rt.block_on(kafka.stop());
     let s = result?;
-    eprintln!(
+    crate::report(&format!(
         "published {} events to `{}` in {:.2?} ({:.0} events/s, acknowledged by Kafka){}",
         s.published,
         config.kafka.topic,
@@ -47,7 +47,7 @@ pub fn run(rt: &tokio::runtime::Runtime, args: Args, config: &Config) -> anyhow:
         } else {
             String::new()
         }
-    );
+    ));
     Ok(if s.bad_lines == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

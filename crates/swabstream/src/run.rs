@@ -58,7 +58,7 @@ pub fn run(rt: &tokio::runtime::Runtime, args: Args, config: &Config) -> anyhow:
     let result = worker::run(&kafka.cluster, &opts, stop);
     rt.block_on(kafka.stop());
     let report = result?;
-    eprintln!("{}", summary(&report));
+    crate::report(&summary(&report));
     Ok(ExitCode::SUCCESS)
 }
 

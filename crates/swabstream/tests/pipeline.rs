@@ -82,6 +82,56 @@ fn publish_run_views_equal_truth_and_replay_equals_live() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("did not start at the beginning"));
 }
 
+/// A GET on loopback, returning the body.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+#[test]
+fn a_running_worker_serves_prometheus_metrics_and_logs_json() {
+    let broker = Broker::start("metrics");
+    let env = Env::new("metrics", &broker.addr, 2);
+    let (events, truth) = env.simulate(1500, 16);
+    env.publish(&events);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut worker = env
+        .cmd(&["run", "--log-json"])
+        .env("SWABSTREAM_METRICS__LISTEN", &addr)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.dir.join("worker.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let end = end_offsets(&broker.addr, &env.topic, 2);
+    wait_until(Duration::from_secs(60), "the worker applied everything", || {
+        env.stored_offsets() >= end
+    });
+    let rejected: u64 = truth.rejections_daily.iter().map(|r| r.count).sum();
+    let mut body = String::new();
+    wait_until(Duration::from_secs(20), "the metrics show every record", || {
+        body = http_get(&addr, "/metrics").unwrap_or_default();
+        body.contains(&format!("swabstream_events_total{{outcome=\"rejected\"}} {rejected}"))
+            && body.contains("swabstream_partition_lag{partition=\"1\"} 0")
+    });
+    assert!(body.contains("swabstream_events_total{outcome=\"accepted\"}"), "{body}");
+    assert!(body.contains("swabstream_dlq_records_total{reason="), "{body}");
+    assert!(body.contains("swabstream_batch_seconds"), "{body}");
+    stop(&mut worker);
+    // Every log line is a JSON object.
+    let log = env.log("worker");
+    assert!(log.lines().count() > 2, "{log}");
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{line}");
+    }
+}
+
 #[test]
 fn garbage_bytes_reach_the_dlq_as_malformed_and_the_partition_keeps_flowing() {
     let broker = Broker::start("garbage");
