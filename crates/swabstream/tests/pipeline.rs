@@ -219,7 +219,7 @@ fn exactly_once_when_the_worker_is_killed_at_random_moments() {
             env.log(&name).contains("claimed partition")
         });
         let before = env.stored_offsets();
-        std::thread::sleep(Duration::from_millis(rng.gen_range(100..4000)));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(100..6000)));
         worker.kill().unwrap(); // SIGKILL
         worker.wait().unwrap();
         let after = env.stored_offsets();
