@@ -156,6 +156,25 @@ struct Engine {
 }
 
 impl Engine {
+    fn new(
+        store: ViewStore,
+        opts: &WorkerOptions,
+        dlq: Option<Publisher>,
+        stop: Arc<AtomicBool>,
+    ) -> Engine {
+        Engine {
+            store,
+            parts: BTreeMap::new(),
+            dlq,
+            dlq_topic: opts.dlq_topic.clone(),
+            core: opts.core,
+            snapshot_interval: opts.snapshot_interval,
+            report: Report::default(),
+            stop,
+            fatal: None,
+        }
+    }
+
     fn claim(&mut self, partition: i32) -> anyhow::Result<Resume> {
         let started = Instant::now();
         let (runner, resume) = PartitionRunner::claim(&mut self.store, partition, self.core)
@@ -567,17 +586,12 @@ pub fn run(
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
     let store = open_store(opts)?;
-    let engine = Arc::new(Mutex::new(Engine {
+    let engine = Arc::new(Mutex::new(Engine::new(
         store,
-        parts: BTreeMap::new(),
-        dlq: Some(Publisher::new(cluster)?),
-        dlq_topic: opts.dlq_topic.clone(),
-        core: opts.core,
-        snapshot_interval: opts.snapshot_interval,
-        report: Report::default(),
-        stop: stop.clone(),
-        fatal: None,
-    }));
+        opts,
+        Some(Publisher::new(cluster)?),
+        stop.clone(),
+    )));
     let ctx = Ctx { engine: engine.clone(), topic: opts.topic.clone() };
     let consumer: BaseConsumer<Ctx> = cluster
         .config(Role::Consumer, &consumer_defaults(&opts.group_id))
@@ -676,17 +690,7 @@ pub fn replay(
 ) -> anyhow::Result<(Report, BTreeMap<i32, i64>)> {
     let started = Instant::now();
     let store = open_store(opts)?;
-    let mut engine = Engine {
-        store,
-        parts: BTreeMap::new(),
-        dlq: None,
-        dlq_topic: opts.dlq_topic.clone(),
-        core: opts.core,
-        snapshot_interval: opts.snapshot_interval,
-        report: Report::default(),
-        stop: stop.clone(),
-        fatal: None,
-    };
+    let mut engine = Engine::new(store, opts, None, stop.clone());
     // No group membership: a replay reads every partition by assignment and
     // commits nothing to Kafka; librdkafka still wants a group id.
     let consumer: BaseConsumer<Quiet> = cluster

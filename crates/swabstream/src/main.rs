@@ -14,6 +14,8 @@ mod simulate;
 mod views;
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
@@ -97,7 +99,7 @@ fn main() -> ExitCode {
 /// Logs go to standard error; `RUST_LOG` overrides the default level (info
 /// for swabstream, warnings for its libraries).
 fn init_logging(json: bool) {
-    LOG_JSON.store(json, std::sync::atomic::Ordering::Relaxed);
+    LOG_JSON.store(json, Ordering::Relaxed);
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("warn,swabstream=info,swabstream_kafka=info,swabstream_broker=info")
@@ -113,16 +115,30 @@ fn init_logging(json: bool) {
     }
 }
 
-static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static LOG_JSON: AtomicBool = AtomicBool::new(false);
 
 /// A command's closing line: on standard error for people, or as a log
 /// record when logs are JSON (so a log collector sees only JSON).
 pub fn report(line: &str) {
-    if LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
+    if LOG_JSON.load(Ordering::Relaxed) {
         tracing::info!("{line}");
     } else {
         eprintln!("{line}");
     }
+}
+
+/// A flag set on Ctrl-C or SIGTERM, for the synchronous loops to poll.
+pub fn stop_on_signal(rt: &tokio::runtime::Runtime, what: &'static str) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    rt.spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("stopping: {what}");
+            stop.store(true, Ordering::Relaxed);
+        }
+    });
+    stop
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -4,8 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -49,14 +47,7 @@ pub fn run(rt: &tokio::runtime::Runtime, args: Args, config: &Config) -> anyhow:
         _ => ReplayFrom::Beginning,
     };
     let kafka = rt.block_on(connect::connect(config))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    rt.spawn({
-        let stop = stop.clone();
-        async move {
-            crate::shutdown_signal().await;
-            stop.store(true, Ordering::Relaxed);
-        }
-    });
+    let stop = crate::stop_on_signal(rt, "the replay is interrupted");
     let mut opts = crate::run::options(config, true);
     opts.store_path = out.clone();
     let bar = crate::publish::progress_bar(Some(0));

@@ -3,8 +3,6 @@
 //! assigned in the view store, exactly once (see swabstream-kafka's worker).
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use swabstream_core::CoreConfig;
 use swabstream_kafka::worker::{self, Report, WorkerOptions};
@@ -45,15 +43,7 @@ pub fn run(rt: &tokio::runtime::Runtime, args: Args, config: &Config) -> anyhow:
         tracing::info!(%addr, "Prometheus metrics at /metrics");
     }
     let kafka = rt.block_on(connect::connect(config))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    rt.spawn({
-        let stop = stop.clone();
-        async move {
-            crate::shutdown_signal().await;
-            tracing::info!("stopping: committing what is applied");
-            stop.store(true, Ordering::Relaxed);
-        }
-    });
+    let stop = crate::stop_on_signal(rt, "committing what is applied");
     let opts = options(config, args.until_caught_up);
     let result = worker::run(&kafka.cluster, &opts, stop);
     rt.block_on(kafka.stop());
