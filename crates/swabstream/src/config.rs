@@ -23,6 +23,8 @@ pub struct Config {
     pub core: CoreSettings,
     pub worker: WorkerConfig,
     pub metrics: MetricsConfig,
+    pub pseudonym: PseudonymConfig,
+    pub gateway: GatewayConfig,
 }
 
 /// The Kafka cluster and topics.
@@ -94,6 +96,77 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// The secret key of `person_ref` pseudonyms (SPEC §2), for whoever accepts raw ID numbers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PseudonymConfig {
+    /// The key itself (at least 16 bytes); better given as `SWABSTREAM_PSEUDONYM__KEY`.
+    pub key: Option<Secret>,
+    /// A file holding the key (a trailing newline is not part of it).
+    pub key_file: Option<PathBuf>,
+}
+
+/// A secret string: never printed, in `Debug` or by `swabstream config`.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<secret>")
+    }
+}
+
+/// The ingest gateway (`swabstream gateway`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Address to serve HTTP on (port 0: any free port, printed at start).
+    pub listen: SocketAddr,
+    /// The devices' credentials file (TOML `[[device]]` entries; see README).
+    pub credentials: Option<PathBuf>,
+    /// Largest request body, in bytes.
+    pub max_request_bytes: usize,
+    /// Most events in one request.
+    pub max_events_per_request: usize,
+    /// Request body bytes held at once; beyond, requests get 429.
+    pub max_in_flight_bytes: usize,
+    /// Events waiting for Kafka's acknowledgement; beyond, requests get 429 (503 if Kafka is away).
+    pub max_queued_events: usize,
+    /// Longest wait for Kafka's acknowledgements before answering 503.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// `Retry-After` when saturated.
+    #[serde(with = "humantime_serde")]
+    pub retry_after_saturated: Duration,
+    /// `Retry-After` when Kafka is unreachable or slow to acknowledge.
+    #[serde(with = "humantime_serde")]
+    pub retry_after_unavailable: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        let o = swabstream_gateway::Options::default();
+        GatewayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            credentials: None,
+            max_request_bytes: o.max_request_bytes,
+            max_events_per_request: o.max_events_per_request,
+            max_in_flight_bytes: o.max_in_flight_bytes,
+            max_queued_events: o.max_queued_events,
+            ack_timeout: o.ack_timeout,
+            retry_after_saturated: o.retry_after_saturated,
+            retry_after_unavailable: o.retry_after_unavailable,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -103,6 +176,8 @@ impl Default for Config {
             core: CoreSettings::default(),
             worker: WorkerConfig::default(),
             metrics: MetricsConfig::default(),
+            pseudonym: PseudonymConfig::default(),
+            gateway: GatewayConfig::default(),
         }
     }
 }
@@ -176,6 +251,7 @@ impl Config {
             self.kafka.topic != self.kafka.dlq_topic,
             "kafka.topic and kafka.dlq_topic must differ"
         );
+        self.gateway_options().check().context("in [gateway]")?;
         Ok(())
     }
 
@@ -186,6 +262,43 @@ impl Config {
             client: self.kafka.client.clone(),
             consumer: self.kafka.consumer.clone(),
             producer: self.kafka.producer.clone(),
+        }
+    }
+
+    /// The pseudonym key, if one is configured.
+    pub fn pseudonym_key(&self) -> anyhow::Result<Option<swabstream_events::PseudonymKey>> {
+        let bytes = match (&self.pseudonym.key, &self.pseudonym.key_file) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("set pseudonym.key or pseudonym.key_file, not both")
+            }
+            (Some(Secret(k)), None) => k.as_bytes().to_vec(),
+            (None, Some(f)) => {
+                let mut b = std::fs::read(f)
+                    .with_context(|| format!("reading pseudonym.key_file {}", f.display()))?;
+                while matches!(b.last(), Some(b'\n' | b'\r')) {
+                    b.pop();
+                }
+                b
+            }
+            (None, None) => return Ok(None),
+        };
+        swabstream_events::PseudonymKey::new(bytes)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("pseudonym key: {e}"))
+    }
+
+    /// The gateway's options.
+    pub fn gateway_options(&self) -> swabstream_gateway::Options {
+        let g = &self.gateway;
+        swabstream_gateway::Options {
+            topic: self.kafka.topic.clone(),
+            max_request_bytes: g.max_request_bytes,
+            max_events_per_request: g.max_events_per_request,
+            max_in_flight_bytes: g.max_in_flight_bytes,
+            max_queued_events: g.max_queued_events,
+            ack_timeout: g.ack_timeout,
+            retry_after_saturated: g.retry_after_saturated,
+            retry_after_unavailable: g.retry_after_unavailable,
         }
     }
 
@@ -228,6 +341,27 @@ mod tests {
             assert_eq!(c.worker.snapshot_interval, Duration::from_secs(120));
             assert_eq!(c.kafka.topic, "sampling-events", "unset keys keep their defaults");
             assert_eq!(c.store_path(), PathBuf::from("/var/lib/swabstream/views.db"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_pseudonym_key_is_read_but_never_printed() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("swabstream.toml", "[gateway]\nack_timeout = \"3s\"\n")?;
+            jail.set_env("SWABSTREAM_PSEUDONYM__KEY", "a key of sixteen+ bytes");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(c.pseudonym_key().unwrap().is_some());
+            assert_eq!(c.gateway.ack_timeout, Duration::from_secs(3));
+            let shown = format!("{} {c:?}", serde_json::to_string(&c).unwrap());
+            assert!(!shown.contains("sixteen"), "{shown}");
+            assert!(shown.contains("<secret>"));
+            jail.set_env("SWABSTREAM_PSEUDONYM__KEY", "short");
+            let e = Config::load(None).unwrap().pseudonym_key().unwrap_err().to_string();
+            assert!(e.contains("at least 16 bytes"), "{e}");
+            jail.create_file("swabstream.toml", "[gateway]\nmax_in_flight_bytes = 10\n")?;
+            let e = format!("{:#}", Config::load(None).unwrap_err());
+            assert!(e.contains("max_in_flight_bytes"), "{e}");
             Ok(())
         });
     }

@@ -5,6 +5,7 @@ mod broker;
 mod config;
 mod connect;
 mod demo;
+mod gateway;
 mod output;
 mod process;
 mod publish;
@@ -47,6 +48,10 @@ enum Command {
     Run(run::Args),
     /// Rebuild the views from the log into a fresh store and compare them with the live ones.
     Replay(replay::Args),
+    /// The HTTP ingest gateway for scanners and code systems (POST /v1/events).
+    Gateway,
+    /// Make a device credential for the gateway: the file entry on stdout, the token on stderr.
+    Credential(gateway::CredentialArgs),
     /// Run the embedded Kafka-API broker alone (for local development and tests).
     Broker,
     /// Write a realistic sampling day as JSON lines (events.jsonl) plus its ground truth (truth.json).
@@ -83,6 +88,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&rt, args, &config),
         Command::Replay(args) => replay::run(&rt, args, &config),
         Command::Broker => broker::run(&rt, &config),
+        Command::Gateway => gateway::run(&rt, &config),
+        Command::Credential(args) => gateway::credential(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Process(args) => process::run(args, &config),
         Command::Views(args) => views::run(args, &config),

@@ -1,6 +1,7 @@
 //! `swabstream publish`: JSON-lines events (a file or standard input) to the
 //! topic as Avro, keyed by `person_ref`, through the idempotent producer with
-//! acks=all. A malformed line is reported by number with what is wrong, the
+//! acks=all. With a pseudonym key configured, a line may carry `id_number`
+//! instead of `person_ref`; it is pseudonymised here. A malformed line is reported by number with what is wrong, the
 //! others are published, and the exit status is then non-zero (SPEC §5).
 
 use std::io::{BufRead, BufReader, IsTerminal as _};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use swabstream_events::avro::Codec;
-use swabstream_events::json;
+use swabstream_events::{PseudonymKey, json};
 use swabstream_kafka::Publisher;
 
 use crate::config::Config;
@@ -32,8 +33,9 @@ pub fn run(rt: &tokio::runtime::Runtime, args: Args, config: &Config) -> anyhow:
         let size = file.metadata().ok().map(|m| m.len());
         (Box::new(BufReader::with_capacity(1 << 20, file)), size)
     };
+    let key = config.pseudonym_key()?;
     let kafka = rt.block_on(connect::connect(config))?;
-    let result = publish(reader, size, &kafka.cluster, &config.kafka.topic);
+    let result = publish(reader, size, &kafka.cluster, &config.kafka.topic, key.as_ref());
     rt.block_on(kafka.stop());
     let s = result?;
     crate::report(&format!(
@@ -64,6 +66,7 @@ fn publish(
     size: Option<u64>,
     cluster: &swabstream_kafka::Cluster,
     topic: &str,
+    key: Option<&PseudonymKey>,
 ) -> anyhow::Result<Published> {
     let started = Instant::now();
     let bar = progress_bar(size);
@@ -82,7 +85,7 @@ fn publish(
         if line.trim().is_empty() {
             continue;
         }
-        let event = match json::parse_event(&line) {
+        let event = match json::parse_event_with(&line, key) {
             Ok(e) => e,
             Err(e) => {
                 bad_lines += 1;
