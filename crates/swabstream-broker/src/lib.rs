@@ -46,7 +46,7 @@ pub enum BrokerError {
 #[derive(Debug)]
 pub struct EmbeddedBroker {
     addr: SocketAddr,
-    file: PathBuf,
+    file: Option<PathBuf>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -61,15 +61,31 @@ impl EmbeddedBroker {
             std::fs::create_dir_all(dir)
                 .map_err(|source| BrokerError::Path { path: dir.to_path_buf(), source })?;
         }
+        // tansu joins the URL's path onto the working directory after
+        // stripping one leading slash: four slashes keep the path absolute.
+        let storage = Url::parse(&format!("sqlite:///{}", file.display())).map_err(tansu)?;
+        Self::start_with(storage, Some(file), port).await
+    }
+
+    /// Starts a broker that keeps everything in memory and loses it at stop.
+    /// For benchmarks of what is not the broker's durability (they say so),
+    /// never for users' data.
+    pub async fn start_in_memory(port: u16) -> Result<Self, BrokerError> {
+        let storage = Url::parse("memory://tansu/").map_err(tansu)?;
+        Self::start_with(storage, None, port).await
+    }
+
+    async fn start_with(
+        storage: Url,
+        file: Option<PathBuf>,
+        port: u16,
+    ) -> Result<Self, BrokerError> {
         // The advertised listener must name the real port, so a free one is
         // found before tansu binds it. Another process could take it in
         // between; then `serve` fails and we report that below.
         let port = if port == 0 { free_port()? } else { port };
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let listener = Url::parse(&format!("tcp://{addr}")).map_err(tansu)?;
-        // tansu joins the URL's path onto the working directory after
-        // stripping one leading slash: four slashes keep the path absolute.
-        let storage = Url::parse(&format!("sqlite:///{}", file.display())).map_err(tansu)?;
         let mut broker = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
             .node_id(tansu_broker::NODE_ID)
             .cluster_id("swabstream")
@@ -86,7 +102,9 @@ impl EmbeddedBroker {
             .await
             .map_err(tansu)?;
         // `build` has created tansu's tables; index them before serving.
-        create_header_index(&file).await?;
+        if let Some(file) = &file {
+            create_header_index(file).await?;
+        }
         let task = tokio::spawn(async move {
             if let Err(e) = broker.serve(tokio::time::Instant::now()).await {
                 tracing::error!(error = %e, "embedded broker stopped");
@@ -100,7 +118,7 @@ impl EmbeddedBroker {
                 });
             }
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                tracing::info!(%addr, file = %file.display(), "embedded broker listening");
+                tracing::info!(%addr, storage = %storage_name(file.as_deref()), "embedded broker listening");
                 return Ok(Self { addr, file, task: Some(task) });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -118,9 +136,14 @@ impl EmbeddedBroker {
         self.addr
     }
 
-    /// The SQLite file the broker stores to.
-    pub fn file(&self) -> &Path {
-        &self.file
+    /// The SQLite file the broker stores to (none when it keeps all in memory).
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// Where the broker keeps the log, for people: the file, or "memory".
+    pub fn storage(&self) -> String {
+        storage_name(self.file.as_deref())
     }
 
     /// Stops the broker and waits until its task has ended.
@@ -151,6 +174,13 @@ impl Drop for EmbeddedBroker {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+fn storage_name(file: Option<&Path>) -> String {
+    match file {
+        Some(f) => f.display().to_string(),
+        None => "memory (not durable)".to_owned(),
     }
 }
 

@@ -220,7 +220,7 @@ mod tests {
         assert_eq!(auth("Bearer codes-1."), Err(AuthError::Malformed));
         assert_eq!(auth("Bearer nodot"), Err(AuthError::Malformed));
         assert_eq!(c.authenticate(None).unwrap_err(), AuthError::Missing);
-        assert_eq!(c.authenticate(Some(b"Bearer \xff.x")).unwrap_err(), AuthError::UnknownDevice);
+        assert_eq!(c.authenticate(Some(b"Bearer \xff.x")).unwrap_err(), AuthError::Malformed);
     }
 
     #[test]

@@ -76,7 +76,7 @@ fn demo(
         replication_factor: 1,
     });
     rt.block_on(ensure_topics(&cluster, &topics))?;
-    eprintln!("embedded broker on {} storing to {}", broker.bootstrap(), broker.file().display());
+    eprintln!("embedded broker on {} storing to {}", broker.bootstrap(), broker.storage());
 
     let cfg = SimConfig { people: args.people, seed: args.seed, ..SimConfig::default() };
     let started = Instant::now();

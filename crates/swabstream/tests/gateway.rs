@@ -304,6 +304,16 @@ fn gateway_authenticates_authorises_validates_and_pseudonymises() {
     assert!(env.log("gateway").contains("gateway stopped"), "{}", env.log("gateway"));
 }
 
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -324,7 +334,10 @@ fn no_202_while_the_broker_is_down_and_what_was_acknowledged_is_kept() {
     let mut broker = Broker::start("gw-down");
     let env = Env::new("gw-down", &broker.addr, 2);
     let token = credential(&env, &["--device", "scanner-1"]);
-    let gw = Gateway::start(&env, "ack_timeout = \"2s\"\nretry_after_unavailable = \"7s\"");
+    let gw = Gateway::start(
+        &env,
+        "ack_timeout = \"2s\"\nretry_after_unavailable = \"7s\"\nmax_events_per_request = 100\nmax_queued_events = 200",
+    );
     let rt = runtime();
     let mut acknowledged: Vec<String> = Vec::new();
     rt.block_on(async {
@@ -368,6 +381,27 @@ fn no_202_while_the_broker_is_down_and_what_was_acknowledged_is_kept() {
         }
         assert_eq!(ready, 503, "/readyz with the broker down");
     });
+    // A flood while Kafka is away: 16,000 events offered at once. Each is
+    // refused with a Retry-After, and the events held for Kafka stay within
+    // the budget (200, overshot by at most one request per connection) rather
+    // than piling up in the producer's queue.
+    let replies = rt.block_on(flood(gw.addr, &token, 16, 10, 100, "flood"));
+    for (reply, _) in &replies {
+        let reply = reply.as_ref().expect("every request is answered");
+        assert!(matches!(reply.status, 503 | 429), "{}: {:?}", reply.status, reply.json());
+        assert!(reply.header("retry-after").is_some());
+    }
+    let queued = rt.block_on(async {
+        let mut c = Connection::open(gw.addr).await.unwrap();
+        let m = String::from_utf8(c.get("/metrics").await.unwrap().body.to_vec()).unwrap();
+        metric(&m, "swabstream_gateway_queued_events")
+    });
+    assert!(queued <= 200.0 + 16.0 * 100.0, "{queued} events queued for an absent Kafka");
+    eprintln!(
+        "flood while Kafka is away: {} requests refused; {queued} events held for Kafka; gateway peak RSS {} MiB",
+        replies.len(),
+        gw.peak_rss_kib() / 1024
+    );
     assert!(refused >= 2, "only {refused} requests were made while the broker was down");
 
     broker.restart();
