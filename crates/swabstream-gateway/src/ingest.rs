@@ -114,7 +114,18 @@ pub(crate) async fn post_events(
         );
     };
     let reservation = Reservation::new(permit, reserve);
-    let bytes = match Limited::new(body, opts.max_request_bytes).collect().await {
+    let read = tokio::time::timeout(
+        opts.read_timeout,
+        Limited::new(body, opts.max_request_bytes).collect(),
+    )
+    .await;
+    let Ok(read) = read else {
+        return error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {:?}", opts.read_timeout),
+        );
+    };
+    let bytes = match read {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => {
             return error(

@@ -51,6 +51,9 @@ pub struct Options {
     pub max_in_flight_bytes: usize,
     /// Events handed to Kafka and not yet acknowledged; beyond it, 429 (503 if Kafka is away).
     pub max_queued_events: usize,
+    /// Longest time to receive a request's body (408 beyond): a client that
+    /// trickles its body must not hold its share of the byte budget forever.
+    pub read_timeout: Duration,
     /// Longest wait for Kafka's acknowledgements before answering 503.
     pub ack_timeout: Duration,
     /// `Retry-After` when the gateway is saturated.
@@ -67,6 +70,7 @@ impl Default for Options {
             max_events_per_request: 1000,
             max_in_flight_bytes: 64 << 20,
             max_queued_events: 100_000,
+            read_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(10),
             retry_after_saturated: Duration::from_secs(1),
             retry_after_unavailable: Duration::from_secs(5),

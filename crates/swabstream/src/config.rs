@@ -139,6 +139,9 @@ pub struct GatewayConfig {
     pub max_in_flight_bytes: usize,
     /// Events waiting for Kafka's acknowledgement; beyond, requests get 429 (503 if Kafka is away).
     pub max_queued_events: usize,
+    /// Longest time to receive a request's body (408 beyond).
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
     /// Longest wait for Kafka's acknowledgements before answering 503.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
@@ -160,6 +163,7 @@ impl Default for GatewayConfig {
             max_events_per_request: o.max_events_per_request,
             max_in_flight_bytes: o.max_in_flight_bytes,
             max_queued_events: o.max_queued_events,
+            read_timeout: o.read_timeout,
             ack_timeout: o.ack_timeout,
             retry_after_saturated: o.retry_after_saturated,
             retry_after_unavailable: o.retry_after_unavailable,
@@ -296,6 +300,7 @@ impl Config {
             max_events_per_request: g.max_events_per_request,
             max_in_flight_bytes: g.max_in_flight_bytes,
             max_queued_events: g.max_queued_events,
+            read_timeout: g.read_timeout,
             ack_timeout: g.ack_timeout,
             retry_after_saturated: g.retry_after_saturated,
             retry_after_unavailable: g.retry_after_unavailable,

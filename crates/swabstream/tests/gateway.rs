@@ -145,7 +145,7 @@ fn gateway_authenticates_authorises_validates_and_pseudonymises() {
         &["--device", "scanner-1", "--event-types", "SampleScanned", "--sites", "XH-001"],
     );
     assert!(codes.starts_with("codes-1.") && scanner.starts_with("scanner-1."));
-    let mut gw = Gateway::start(&env, "max_events_per_request = 50");
+    let mut gw = Gateway::start(&env, "max_events_per_request = 50\nread_timeout = \"1s\"");
     let rt = runtime();
     let raw_ids = ["31010419800101123X", "310104198512120016"];
     rt.block_on(async {
@@ -255,8 +255,22 @@ fn gateway_authenticates_authorises_validates_and_pseudonymises() {
         let r = c.post_events(&codes, body(&json!(many))).await.unwrap();
         assert_eq!(r.status, 413, "{:?}", r.json());
 
+        // 415 for a body that says it is not JSON; 408 for a body that does
+        // not arrive (the first 10 of 100 bytes, then nothing).
+        let auth = format!("Authorization: Bearer {codes}\r\n");
+        let r = raw_http(
+            gw.addr,
+            &format!("POST /v1/events HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n{{}}"),
+        );
+        assert!(r.starts_with("HTTP/1.1 415"), "{r}");
+        let r = raw_http(
+            gw.addr,
+            &format!("POST /v1/events HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 100\r\n\r\n[{{\"type\":"),
+        );
+        assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+
         let m = String::from_utf8(c.get("/metrics").await.unwrap().body.to_vec()).unwrap();
-        for status in ["202", "400", "401", "403", "413"] {
+        for status in ["202", "400", "401", "403", "408", "413", "415"] {
             assert!(
                 m.contains(&format!("route=\"/v1/events\",status=\"{status}\"")),
                 "no {status} in /metrics:\n{m}"
@@ -302,6 +316,18 @@ fn gateway_authenticates_authorises_validates_and_pseudonymises() {
     let status = gw.stop();
     assert!(status.success(), "{status}: {}", env.log("gateway"));
     assert!(env.log("gateway").contains("gateway stopped"), "{}", env.log("gateway"));
+}
+
+/// Writes `request` on a fresh connection and returns what comes back
+/// within 10 s (the status line first).
+fn raw_http(addr: SocketAddr, request: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 /// The value of an unlabelled metric in Prometheus text.
