@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
-use swabstream_kafka::{Cluster, Quiet, Role};
+use swabstream_kafka::{Cluster, Quiet};
 
 /// The producer and what is known about the cluster's reachability.
 pub struct Sink {
@@ -30,22 +30,16 @@ impl Sink {
     pub fn new(cluster: &Cluster, topic: &str, max_queued: usize) -> anyhow::Result<Sink> {
         let max_messages = max_queued.clamp(1, 10_000_000).to_string();
         let producer = cluster
-            .config(
-                Role::Producer,
-                &[
-                    ("enable.idempotence", "true"),
-                    ("acks", "all"),
-                    ("partitioner", "murmur2_random"),
-                    // Small batches: a scanner waits for the answer.
-                    ("linger.ms", "2"),
-                    ("queue.buffering.max.messages", &max_messages),
-                    // Records of a request answered 503 after the ack timeout
-                    // may still be delivered (the scanner's retry reuses the
-                    // event ids, so the pipeline dedupes them); after this
-                    // long they are dropped from the queue.
-                    ("delivery.timeout.ms", "120000"),
-                ],
-            )
+            .producer_config(&[
+                // Small batches: a scanner waits for the answer.
+                ("linger.ms", "2"),
+                ("queue.buffering.max.messages", &max_messages),
+                // Records of a request answered 503 after the ack timeout
+                // may still be delivered (the scanner's retry reuses the
+                // event ids, so the pipeline dedupes them); after this
+                // long they are dropped from the queue.
+                ("delivery.timeout.ms", "120000"),
+            ])
             .create_with_context(Quiet)?;
         Ok(Sink {
             producer,

@@ -71,6 +71,22 @@ impl Cluster {
     }
 }
 
+/// What every swabstream producer is: idempotent with acks=all (Kafka keeps
+/// each acknowledged record once per partition, in order, across retries),
+/// with the Java client's keyed partitioner, so that a person's events land
+/// in one partition whichever client published them.
+pub const PRODUCER_GUARANTEES: [(&str, &str); 3] =
+    [("enable.idempotence", "true"), ("acks", "all"), ("partitioner", "murmur2_random")];
+
+impl Cluster {
+    /// A producer configuration: [`PRODUCER_GUARANTEES`], then `tuning`,
+    /// then the pass-through settings.
+    pub fn producer_config(&self, tuning: &[(&str, &str)]) -> ClientConfig {
+        let all: Vec<(&str, &str)> = PRODUCER_GUARANTEES.iter().chain(tuning).copied().collect();
+        self.config(Role::Producer, &all)
+    }
+}
+
 /// A topic swabstream needs.
 #[derive(Clone, Debug)]
 pub struct TopicSpec {

@@ -14,7 +14,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
-use crate::{Cluster, Role};
+use crate::Cluster;
 
 /// Counts acknowledgements and failures as librdkafka reports them.
 #[derive(Debug, Default)]
@@ -94,21 +94,13 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     pub fn new(cluster: &Cluster) -> anyhow::Result<Publisher> {
         let producer = cluster
-            .config(
-                Role::Producer,
-                &[
-                    ("enable.idempotence", "true"),
-                    ("acks", "all"),
-                    // The Java client's keyed partitioner: a person's events land
-                    // in one partition whichever client published them.
-                    ("partitioner", "murmur2_random"),
-                    ("linger.ms", "5"),
-                    ("queue.buffering.max.messages", "200000"),
-                    // Retried for up to 10 minutes: a broker restart must not
-                    // fail a publish or a worker's DLQ.
-                    ("delivery.timeout.ms", "600000"),
-                ],
-            )
+            .producer_config(&[
+                ("linger.ms", "5"),
+                ("queue.buffering.max.messages", "200000"),
+                // Retried for up to 10 minutes: a broker restart must not
+                // fail a publish or a worker's DLQ.
+                ("delivery.timeout.ms", "600000"),
+            ])
             .create_with_context(Delivery::default())?;
         Ok(Publisher { producer, sent: 0 })
     }
