@@ -5,7 +5,9 @@
 //! before the body is read, so a flood costs the gateway little; a request's
 //! body bytes are reserved from the budget until its events are encoded.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -17,6 +19,24 @@ use swabstream_events::avro::Codec;
 use swabstream_events::json::{JsonError, event_from_value};
 
 use crate::{Shared, content_length, retry_later};
+
+/// A log line that may be written at most every 5 s: while Kafka is away or
+/// a device is misconfigured, every request would otherwise log one.
+struct Throttle(AtomicU64);
+
+static LOG_FORBIDDEN: Throttle = Throttle(AtomicU64::new(0));
+static LOG_UNACKED: Throttle = Throttle(AtomicU64::new(0));
+
+impl Throttle {
+    fn due(&self) -> bool {
+        static START: OnceLock<Instant> = OnceLock::new();
+        // Seconds since the first call, plus one so that 0 means "never".
+        let now = START.get_or_init(Instant::now).elapsed().as_secs() + 1;
+        let last = self.0.load(Ordering::Relaxed);
+        (last == 0 || now >= last + 5)
+            && self.0.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+}
 
 /// What became of one event of a request.
 enum Outcome {
@@ -77,7 +97,7 @@ pub(crate) async fn post_events(
         }
     };
     let opts = &s.opts;
-    if s.draining.load(std::sync::atomic::Ordering::Relaxed) {
+    if s.draining.load(Ordering::Relaxed) {
         return retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             opts.retry_after_unavailable,
@@ -191,7 +211,9 @@ pub(crate) async fn post_events(
         .collect();
     if let Some(first) = forbidden.first() {
         events_total("forbidden", forbidden.len());
-        tracing::info!(device = %device.id, events = forbidden.len(), "refused events outside the credential's scope");
+        if LOG_FORBIDDEN.due() {
+            tracing::info!(device = %device.id, events = forbidden.len(), "refused events outside the credential's scope (logged at most every 5 s)");
+        }
         return crate::json(
             StatusCode::FORBIDDEN,
             json!({
@@ -300,7 +322,13 @@ fn answer(s: &Shared, outcomes: Vec<Outcome>, ids: &[Option<String>]) -> Respons
             Outcome::NotAcknowledged(w) => Some(w.clone()),
             _ => None,
         });
-        tracing::warn!(events = unacked, "answering 503: {}", first.as_deref().unwrap_or(""));
+        if LOG_UNACKED.due() {
+            tracing::warn!(
+                events = unacked,
+                "answering 503 (logged at most every 5 s): {}",
+                first.as_deref().unwrap_or("")
+            );
+        }
         return retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             s.opts.retry_after_unavailable,
@@ -324,4 +352,17 @@ fn answer(s: &Shared, outcomes: Vec<Outcome>, ids: &[Option<String>]) -> Respons
             "results": results,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttled_line_is_due_once_per_window() {
+        let t = Throttle(AtomicU64::new(0));
+        assert!(t.due());
+        assert!(!t.due());
+        assert!(!t.due());
+    }
 }
