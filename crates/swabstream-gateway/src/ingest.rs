@@ -5,9 +5,8 @@
 //! before the body is read, so a flood costs the gateway little; a request's
 //! body bytes are reserved from the budget until its events are encoded.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -19,24 +18,6 @@ use swabstream_events::avro::Codec;
 use swabstream_events::json::{JsonError, event_from_value};
 
 use crate::{Shared, content_length, retry_later};
-
-/// A log line that may be written at most every 5 s: while Kafka is away or
-/// a device is misconfigured, every request would otherwise log one.
-struct Throttle(AtomicU64);
-
-static LOG_FORBIDDEN: Throttle = Throttle(AtomicU64::new(0));
-static LOG_UNACKED: Throttle = Throttle(AtomicU64::new(0));
-
-impl Throttle {
-    fn due(&self) -> bool {
-        static START: OnceLock<Instant> = OnceLock::new();
-        // Seconds since the first call, plus one so that 0 means "never".
-        let now = START.get_or_init(Instant::now).elapsed().as_secs() + 1;
-        let last = self.0.load(Ordering::Relaxed);
-        (last == 0 || now >= last + 5)
-            && self.0.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-    }
-}
 
 /// What became of one event of a request.
 enum Outcome {
@@ -211,7 +192,7 @@ pub(crate) async fn post_events(
         .collect();
     if let Some(first) = forbidden.first() {
         events_total("forbidden", forbidden.len());
-        if LOG_FORBIDDEN.due() {
+        if swabstream_kafka::throttled("gateway-forbidden") {
             tracing::info!(device = %device.id, events = forbidden.len(), "refused events outside the credential's scope (logged at most every 5 s)");
         }
         return crate::json(
@@ -322,7 +303,7 @@ fn answer(s: &Shared, outcomes: Vec<Outcome>, ids: &[Option<String>]) -> Respons
             Outcome::NotAcknowledged(w) => Some(w.clone()),
             _ => None,
         });
-        if LOG_UNACKED.due() {
+        if swabstream_kafka::throttled("gateway-unacknowledged") {
             tracing::warn!(
                 events = unacked,
                 "answering 503 (logged at most every 5 s): {}",
@@ -352,17 +333,4 @@ fn answer(s: &Shared, outcomes: Vec<Outcome>, ids: &[Option<String>]) -> Respons
             "results": results,
         }),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_throttled_line_is_due_once_per_window() {
-        let t = Throttle(AtomicU64::new(0));
-        assert!(t.due());
-        assert!(!t.due());
-        assert!(!t.due());
-    }
 }

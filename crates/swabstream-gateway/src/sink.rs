@@ -102,17 +102,18 @@ impl Sink {
     }
 }
 
-/// Re-checks reachability every `every` until the sink is dropped elsewhere.
+/// Re-checks reachability every `every` until the sink is dropped elsewhere
+/// (the caller made the first check).
 pub fn watch(sink: Arc<Sink>, every: Duration) {
     let weak = Arc::downgrade(&sink);
     drop(sink);
     std::thread::Builder::new()
         .name("gateway-readiness".into())
         .spawn(move || {
-            while let Some(sink) = weak.upgrade() {
-                sink.check(Duration::from_secs(2));
-                drop(sink);
+            loop {
                 std::thread::sleep(every);
+                let Some(sink) = weak.upgrade() else { break };
+                sink.check(Duration::from_secs(2));
             }
         })
         .expect("a thread can be started");

@@ -194,8 +194,9 @@ impl rdkafka::ClientContext for Quiet {
 
 impl rdkafka::consumer::ConsumerContext for Quiet {}
 
-/// True at most once per 5 s per `key`.
-fn throttled(key: &str) -> bool {
+/// True at most once per 5 s per `key`: for log lines that every request,
+/// poll or reconnection would otherwise repeat while a broker is away.
+pub fn throttled(key: &str) -> bool {
     use std::sync::Mutex;
     use std::time::Instant;
     static LAST: Mutex<BTreeMap<String, Instant>> = Mutex::new(BTreeMap::new());
@@ -207,5 +208,16 @@ fn throttled(key: &str) -> bool {
             last.insert(key.to_owned(), now);
             true
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_throttled_line_is_due_once_per_window_and_key() {
+        assert!(super::throttled("test-a"));
+        assert!(!super::throttled("test-a"));
+        assert!(!super::throttled("test-a"));
+        assert!(super::throttled("test-b"), "another key has its own window");
     }
 }

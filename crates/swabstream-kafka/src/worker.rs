@@ -512,20 +512,6 @@ fn consumer_defaults(group: &str) -> Vec<(&str, &str)> {
     ]
 }
 
-/// A throttle for warnings that repeat while a broker is away.
-#[derive(Debug, Default)]
-struct Throttle(Option<Instant>);
-
-impl Throttle {
-    fn ready(&mut self) -> bool {
-        let ready = self.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
-        if ready {
-            self.0 = Some(Instant::now());
-        }
-        ready
-    }
-}
-
 /// Polls one batch into the engine. Returns when `max` records came, the
 /// fetched queue ran dry with something pending, `wait` passed, or `stop`.
 fn poll_batch<C: ConsumerContext>(
@@ -534,7 +520,6 @@ fn poll_batch<C: ConsumerContext>(
     max: usize,
     wait: Duration,
     stop: &AtomicBool,
-    warn: &mut Throttle,
 ) {
     let deadline = Instant::now() + wait;
     let mut n = 0usize;
@@ -561,7 +546,7 @@ fn poll_batch<C: ConsumerContext>(
                 }
             }
             Some(Err(e)) => {
-                if warn.ready() {
+                if crate::throttled("consumer-poll") {
                     tracing::warn!("consumer: {e}");
                 }
             }
@@ -599,21 +584,13 @@ pub fn run(
     let partitions = crate::partition_count(cluster, &opts.topic)?;
     consumer.subscribe(&[&opts.topic])?;
     tracing::info!(topic = %opts.topic, group = %opts.group_id, "worker started");
-    let mut warn = Throttle::default();
     let mut joined = Instant::now();
     let mut touched = Instant::now();
     let result = loop {
         if stop.load(Ordering::Relaxed) {
             break Ok(());
         }
-        poll_batch(
-            &consumer,
-            &engine,
-            opts.batch_max_records,
-            opts.batch_max_wait,
-            &stop,
-            &mut warn,
-        );
+        poll_batch(&consumer, &engine, opts.batch_max_records, opts.batch_max_wait, &stop);
         let mut e = lock(&engine);
         if let Some(err) = e.fatal.take() {
             break Err(err);
@@ -730,20 +707,12 @@ pub fn replay(
     }
     consumer.assign(&start)?;
     let engine = Mutex::new(engine);
-    let mut warn = Throttle::default();
     let mut applied = 0u64;
     let result = loop {
         if stop.load(Ordering::Relaxed) {
             break Err(anyhow::anyhow!("replay interrupted"));
         }
-        poll_batch(
-            &consumer,
-            &engine,
-            opts.batch_max_records,
-            opts.batch_max_wait,
-            &stop,
-            &mut warn,
-        );
+        poll_batch(&consumer, &engine, opts.batch_max_records, opts.batch_max_wait, &stop);
         let mut e = lock(&engine);
         applied += e.pending() as u64;
         if let Err(err) = e.flush(|_| true, false) {
