@@ -84,7 +84,6 @@ fn main() -> anyhow::Result<()> {
         topic: topic.to_owned(),
         dlq_topic: dlq.to_owned(),
         group_id: "bench-worker".to_owned(),
-        store_path: dir.join("views.db"),
         core: CoreConfig::default(),
         batch_max_records: 4096,
         batch_max_wait: Duration::from_millis(200),
@@ -92,7 +91,8 @@ fn main() -> anyhow::Result<()> {
         orphan_after: Duration::from_secs(60),
         until_caught_up: true,
     };
-    let r = worker::run(&cluster, &opts, Arc::new(AtomicBool::new(false)))?;
+    let store = swabstream_store_sqlite::SqliteStore::open(&dir.join("views.db"), topic)?;
+    let r = worker::run(&cluster, &opts, Box::new(store), Arc::new(AtomicBool::new(false)))?;
     let applied = r.counts.applied();
     assert_eq!(applied, n, "the worker applied every event once");
     let e2e = applied as f64 / r.elapsed.as_secs_f64();

@@ -20,7 +20,6 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,8 +32,8 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use swabstream_core::{CoreConfig, DlqRecord, OutcomeCounts, Record};
 use swabstream_events::{Reason, Timestamp};
-use swabstream_pipeline::{Committed, PartitionRunner, Resume};
-use swabstream_store::ViewStore;
+use swabstream_pipeline::{Committed, PartitionRunner, PipelineError, Resume};
+use swabstream_store::{StoreError, ViewStore};
 
 use crate::{Cluster, Publisher, Quiet, Role, drop_in_background};
 
@@ -44,7 +43,6 @@ pub struct WorkerOptions {
     pub topic: String,
     pub dlq_topic: String,
     pub group_id: String,
-    pub store_path: PathBuf,
     pub core: CoreConfig,
     pub batch_max_records: usize,
     pub batch_max_wait: Duration,
@@ -70,6 +68,8 @@ pub struct Report {
     pub snapshots: u64,
     pub snapshot_time: Duration,
     pub snapshot_bytes: u64,
+    /// Snapshots the store did not take (rows and offset went without them).
+    pub snapshot_failures: u64,
     /// Claims (store read + snapshot restore): how many and their total time.
     pub claims: u64,
     pub claim_time: Duration,
@@ -142,7 +142,7 @@ impl Part {
 /// The state the poll loop and the rebalance callbacks share.
 #[derive(Debug)]
 struct Engine {
-    store: ViewStore,
+    store: Box<dyn ViewStore>,
     parts: BTreeMap<i32, Part>,
     /// None when replaying: the DLQ records were produced when the log was live.
     dlq: Option<Publisher>,
@@ -157,7 +157,7 @@ struct Engine {
 
 impl Engine {
     fn new(
-        store: ViewStore,
+        store: Box<dyn ViewStore>,
         opts: &WorkerOptions,
         dlq: Option<Publisher>,
         stop: Arc<AtomicBool>,
@@ -177,8 +177,14 @@ impl Engine {
 
     fn claim(&mut self, partition: i32) -> anyhow::Result<Resume> {
         let started = Instant::now();
-        let (runner, resume) = PartitionRunner::claim(&mut self.store, partition, self.core)
-            .with_context(|| format!("claiming partition {partition}"))?;
+        let stop = self.stop.clone();
+        let (runner, resume) = retry_transient(
+            &format!("claiming partition {partition}"),
+            &self.store.describe(),
+            &stop,
+            || PartitionRunner::claim(&mut *self.store, partition, self.core),
+        )
+        .with_context(|| format!("claiming partition {partition}"))?;
         let took = started.elapsed();
         self.report.claims += 1;
         self.report.claim_time += took;
@@ -266,7 +272,30 @@ impl Engine {
             let due = part.last_snapshot.elapsed() >= self.snapshot_interval || final_snapshot;
             let snapshot = due && next.is_some() && next != part.snapshot_at;
             let t = Instant::now();
-            match part.runner.commit(&mut self.store, snapshot) {
+            // A store that is away (Scylla replicas down, a busy file) is
+            // waited for: the same commit is retried, nothing is committed
+            // to Kafka ahead of it, and the worker does not exit.
+            let stop = self.stop.clone();
+            let store = &mut self.store;
+            let where_ = store.describe();
+            let result =
+                retry_transient(&format!("committing partition {p}"), &where_, &stop, || {
+                    part.runner.commit(&mut **store, snapshot)
+                });
+            match result {
+                Ok(Committed::SnapshotFailed { next_offset, snapshot_bytes, error }) => {
+                    self.report.commits += 1;
+                    self.report.commit_time += t.elapsed();
+                    self.report.snapshot_failures += 1;
+                    metrics::counter!("swabstream_snapshot_failures_total").increment(1);
+                    tracing::warn!(
+                        partition = p,
+                        snapshot_bytes,
+                        "the store did not take the partition's snapshot ({error}); rows and offset {next_offset} were committed without it, and the snapshot is tried again at the next interval"
+                    );
+                    part.last_snapshot = Instant::now();
+                    committed.push((p, next_offset));
+                }
                 Ok(Committed::Written { next_offset, snapshot, snapshot_bytes }) => {
                     let took = t.elapsed();
                     if snapshot {
@@ -554,12 +583,45 @@ fn poll_batch<C: ConsumerContext>(
     }
 }
 
-fn open_store(opts: &WorkerOptions) -> anyhow::Result<ViewStore> {
-    if let Some(dir) = opts.store_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+/// Runs `op` until it succeeds, fails for good, or `stop` is set. A
+/// transient store error (Scylla replicas away, a timeout, a busy file) is
+/// retried with back-off, 0.1 s doubling up to 5 s, and said in the log at
+/// most every 5 s: what is waited for, and on which store.
+fn retry_transient<T>(
+    what: &str,
+    store: &str,
+    stop: &AtomicBool,
+    mut op: impl FnMut() -> Result<T, PipelineError>,
+) -> Result<T, PipelineError> {
+    let mut pause = Duration::from_millis(100);
+    let started = Instant::now();
+    loop {
+        match op() {
+            Err(e) if e.is_transient() && !stop.load(Ordering::Relaxed) => {
+                if crate::throttled(&format!("store-wait {what}")) {
+                    tracing::warn!(
+                        waited_s = started.elapsed().as_secs(),
+                        "{what}: the view store ({store}) is unavailable, retrying: {e}"
+                    );
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            result => return result,
+        }
     }
-    ViewStore::open(&opts.store_path, &opts.topic)
-        .with_context(|| format!("opening the view store {}", opts.store_path.display()))
+}
+
+/// Checks the topic's partition count against the one the store was built
+/// for (recording it the first time): a changed count puts a person's new
+/// events in another partition than their state.
+fn check_partitions(store: &mut dyn ViewStore, partitions: i32) -> anyhow::Result<()> {
+    match store.check_partition_count(partitions) {
+        Err(e @ StoreError::PartitionCount { .. }) => Err(anyhow::anyhow!("{e}")),
+        other => {
+            other.with_context(|| format!("checking the partition count in {}", store.describe()))
+        }
+    }
 }
 
 /// Runs a consumer-group worker until `stop` is set (or, with
@@ -567,10 +629,12 @@ fn open_store(opts: &WorkerOptions) -> anyhow::Result<ViewStore> {
 pub fn run(
     cluster: &Cluster,
     opts: &WorkerOptions,
+    mut store: Box<dyn ViewStore>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let store = open_store(opts)?;
+    let partitions = crate::partition_count(cluster, &opts.topic)?;
+    check_partitions(&mut *store, partitions)?;
     let engine = Arc::new(Mutex::new(Engine::new(
         store,
         opts,
@@ -581,7 +645,6 @@ pub fn run(
     let consumer: BaseConsumer<Ctx> = cluster
         .config(Role::Consumer, &consumer_defaults(&opts.group_id))
         .create_with_context(ctx)?;
-    let partitions = crate::partition_count(cluster, &opts.topic)?;
     consumer.subscribe(&[&opts.topic])?;
     tracing::info!(topic = %opts.topic, group = %opts.group_id, "worker started");
     let mut joined = Instant::now();
@@ -653,27 +716,27 @@ pub enum ReplayFrom {
     Time(Timestamp),
 }
 
-/// Rebuilds views from the log into the store at `opts.store_path` (which
-/// should be fresh), from `from` up to the end of each partition as it was
+/// Rebuilds views from the log into `store` (which should be fresh), from `from` up to the end of each partition as it was
 /// when the replay started. Produces nothing: the log's DLQ records were
 /// produced when it was live. `progress` is told the records applied so far
 /// and the total to apply.
 pub fn replay(
     cluster: &Cluster,
     opts: &WorkerOptions,
+    mut store: Box<dyn ViewStore>,
     from: ReplayFrom,
     stop: Arc<AtomicBool>,
     progress: &dyn Fn(u64, u64),
 ) -> anyhow::Result<(Report, BTreeMap<i32, i64>)> {
     let started = Instant::now();
-    let store = open_store(opts)?;
+    let partitions = crate::partition_count(cluster, &opts.topic)?;
+    check_partitions(&mut *store, partitions)?;
     let mut engine = Engine::new(store, opts, None, stop.clone());
     // No group membership: a replay reads every partition by assignment and
     // commits nothing to Kafka; librdkafka still wants a group id.
     let consumer: BaseConsumer<Quiet> = cluster
         .config(Role::Consumer, &consumer_defaults("swabstream-replay"))
         .create_with_context(Quiet)?;
-    let partitions = crate::partition_count(cluster, &opts.topic)?;
     let mut ends = BTreeMap::new();
     let mut start = TopicPartitionList::new();
     for p in 0..partitions {

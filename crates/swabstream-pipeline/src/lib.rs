@@ -43,7 +43,12 @@ pub enum PipelineError {
 impl PipelineError {
     /// Whether another worker owns the partition now: stop working on it, quietly.
     pub fn is_fenced(&self) -> bool {
-        matches!(self, PipelineError::Store(StoreError::Fenced { .. }))
+        matches!(self, PipelineError::Store(e) if e.is_fenced())
+    }
+
+    /// Whether the same call may succeed later (the store was away).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, PipelineError::Store(e) if e.is_transient())
     }
 }
 
@@ -62,6 +67,10 @@ pub enum Committed {
     /// Rows and offset were written, with a snapshot of `snapshot_bytes`
     /// bytes if `snapshot`.
     Written { next_offset: i64, snapshot: bool, snapshot_bytes: usize },
+    /// Rows and offset were written without the snapshot that was due: the
+    /// commit carrying it failed (`error`), the one without it succeeded.
+    /// The snapshot is tried again with a later commit.
+    SnapshotFailed { next_offset: i64, snapshot_bytes: usize, error: String },
     /// Still rebuilding state below the checkpoint: nothing to write yet.
     Replaying { next_offset: i64, checkpoint: i64 },
     /// Nothing was applied since the last commit.
@@ -84,7 +93,7 @@ impl PartitionRunner {
     /// Claims `partition` in the store (fencing off any earlier owner),
     /// restores its state from the last snapshot, and says where to resume.
     pub fn claim(
-        store: &mut ViewStore,
+        store: &mut dyn ViewStore,
         partition: i32,
         config: CoreConfig,
     ) -> Result<(PartitionRunner, Resume), PipelineError> {
@@ -148,7 +157,7 @@ impl PartitionRunner {
     /// store transaction. Call only after the batch's DLQ records were acknowledged.
     pub fn commit(
         &mut self,
-        store: &mut ViewStore,
+        store: &mut dyn ViewStore,
         snapshot: bool,
     ) -> Result<Committed, PipelineError> {
         let Some(next) = self.state.next_offset() else { return Ok(Committed::Idle) };
@@ -162,13 +171,32 @@ impl PartitionRunner {
         // The rows stay marked changed until the store took them, so a failed
         // commit (a busy disk, say) is simply retried with the next one.
         let rows = self.state.changes();
-        store.commit(self.partition, self.epoch, &rows, next, bytes.as_deref())?;
-        self.state.clear_changes();
-        self.written = next;
-        Ok(Committed::Written {
+        let mut outcome = Committed::Written {
             next_offset: next,
             snapshot,
             snapshot_bytes: bytes.as_ref().map_or(0, Vec::len),
-        })
+        };
+        match store.commit(self.partition, self.epoch, &rows, next, bytes.as_deref()) {
+            Ok(()) => {}
+            // A snapshot the store cannot take (too large, a disk filling up)
+            // must not stop the partition: the rows and offset go without it,
+            // and recovery replays from the previous snapshot instead.
+            Err(e)
+                if bytes.is_some()
+                    && !e.is_fenced()
+                    && !matches!(e, StoreError::Regress { .. }) =>
+            {
+                store.commit(self.partition, self.epoch, &rows, next, None)?;
+                outcome = Committed::SnapshotFailed {
+                    next_offset: next,
+                    snapshot_bytes: bytes.as_ref().map_or(0, Vec::len),
+                    error: e.to_string(),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.state.clear_changes();
+        self.written = next;
+        Ok(outcome)
     }
 }

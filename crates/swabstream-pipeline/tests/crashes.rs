@@ -14,6 +14,7 @@ use swabstream_events::avro::Codec;
 use swabstream_pipeline::{Committed, PartitionRunner, Resume};
 use swabstream_sim::{SimConfig, simulate};
 use swabstream_store::ViewStore;
+use swabstream_store_sqlite::SqliteStore;
 use swabstream_views::ViewSet;
 
 const PARTITIONS: usize = 2;
@@ -75,7 +76,7 @@ fn run_with_crashes(
     every: usize,
     crashes: &[(usize, DiesAfter)],
 ) -> Vec<(i32, i64)> {
-    let mut store = ViewStore::open(db, "sampling-events").unwrap();
+    let mut store = SqliteStore::open(db, "sampling-events").unwrap();
     let mut dlq_acked = Vec::new();
     for (p, log) in d.logs.iter().enumerate() {
         let p = p as i32;
@@ -129,7 +130,7 @@ fn run_with_crashes(
 }
 
 fn check(d: &Day, db: &std::path::Path, acked: &[(i32, i64)]) {
-    let store = ViewStore::open(db, "sampling-events").unwrap();
+    let store = SqliteStore::open(db, "sampling-events").unwrap();
     let diffs = store.views().unwrap().differences(&d.truth);
     assert!(diffs.is_empty(), "views differ from the truth:\n{}", diffs.join("\n"));
     let distinct: BTreeSet<(i32, i64)> = acked.iter().copied().collect();
@@ -149,9 +150,9 @@ fn without_crashes_views_equal_truth_and_every_rejection_is_dead_lettered_once()
 fn a_fenced_worker_cannot_commit() {
     let d = day(300, 4);
     let db = temp_db("fenced");
-    let mut store = ViewStore::open(&db, "sampling-events").unwrap();
+    let mut store = SqliteStore::open(&db, "sampling-events").unwrap();
     let (mut old, _) = PartitionRunner::claim(&mut store, 0, CoreConfig::default()).unwrap();
-    let mut other = ViewStore::open(&db, "sampling-events").unwrap();
+    let mut other = SqliteStore::open(&db, "sampling-events").unwrap();
     let (_new, _) = PartitionRunner::claim(&mut other, 0, CoreConfig::default()).unwrap();
     let records: Vec<Record<'_>> = d.logs[0]
         .iter()
@@ -183,4 +184,104 @@ proptest! {
             prop_assert_eq!(acked.len(), d.rejected.len());
         }
     }
+}
+
+/// The real store with one fault: it refuses every commit carrying a
+/// snapshot, as a store does whose snapshot is past its value limit or whose
+/// disk cannot take it.
+#[derive(Debug)]
+struct RefusesSnapshots(SqliteStore);
+
+impl ViewStore for RefusesSnapshots {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn check_partition_count(&mut self, n: i32) -> Result<(), swabstream_store::StoreError> {
+        self.0.check_partition_count(n)
+    }
+    fn claim(&mut self, p: i32) -> Result<swabstream_store::Claim, swabstream_store::StoreError> {
+        self.0.claim(p)
+    }
+    fn commit(
+        &mut self,
+        p: i32,
+        epoch: i64,
+        rows: &[swabstream_views::ViewRow],
+        next: i64,
+        snapshot: Option<&[u8]>,
+    ) -> Result<(), swabstream_store::StoreError> {
+        if snapshot.is_some() {
+            return Err(swabstream_store::StoreError::Backend {
+                store: "test",
+                transient: false,
+                source: "string or blob too big".into(),
+            });
+        }
+        self.0.commit(p, epoch, rows, next, None)
+    }
+    fn touch(&mut self, owned: &[(i32, i64)]) -> Result<(), swabstream_store::StoreError> {
+        self.0.touch(owned)
+    }
+    fn checkpoint(
+        &self,
+        p: i32,
+    ) -> Result<Option<swabstream_store::Checkpoint>, swabstream_store::StoreError> {
+        self.0.checkpoint(p)
+    }
+    fn partitions(
+        &self,
+    ) -> Result<Vec<swabstream_store::PartitionStatus>, swabstream_store::StoreError> {
+        self.0.partitions()
+    }
+    fn views(&self) -> Result<ViewSet, swabstream_store::StoreError> {
+        self.0.views()
+    }
+    fn partition_views(&self, p: i32) -> Result<ViewSet, swabstream_store::StoreError> {
+        self.0.partition_views(p)
+    }
+}
+
+#[test]
+fn a_snapshot_the_store_cannot_take_does_not_stop_the_partition() {
+    let d = day(800, 9);
+    let db = temp_db("snapshot-refused");
+    let mut store = RefusesSnapshots(SqliteStore::open(&db, "sampling-events").unwrap());
+    let log = &d.logs[0];
+    let (mut runner, _) = PartitionRunner::claim(&mut store, 0, CoreConfig::default()).unwrap();
+    for (n, chunk) in (0..log.len()).collect::<Vec<_>>().chunks(100).enumerate() {
+        let records: Vec<Record<'_>> = chunk
+            .iter()
+            .map(|&o| Record { offset: o as i64, timestamp: d.ts, payload: Some(&log[o]) })
+            .collect();
+        runner.apply(&records);
+        match runner.commit(&mut store, n % 2 == 0).unwrap() {
+            Committed::SnapshotFailed { next_offset, error, .. } => {
+                assert_eq!(next_offset, chunk[chunk.len() - 1] as i64 + 1);
+                assert!(error.contains("too big"), "{error}");
+                assert_eq!(n % 2, 0);
+            }
+            Committed::Written { snapshot, .. } => assert!(!snapshot),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Rows and offsets went on; the partition never got a snapshot, so a
+    // successor rebuilds from the beginning — and still gets the truth.
+    assert_eq!(store.offsets().unwrap(), vec![(0, log.len() as i64)]);
+    assert_eq!(store.checkpoint(0).unwrap().unwrap().snapshot, None);
+    let mut plain = SqliteStore::open(&db, "sampling-events").unwrap();
+    let (mut next, resume) = PartitionRunner::claim(&mut plain, 0, CoreConfig::default()).unwrap();
+    assert_eq!(resume, Resume::Beginning);
+    let records: Vec<Record<'_>> = (0..log.len())
+        .map(|o| Record { offset: o as i64, timestamp: d.ts, payload: Some(&log[o]) })
+        .collect();
+    next.apply(&records);
+    assert!(matches!(
+        next.commit(&mut plain, true).unwrap(),
+        Committed::Replaying { .. } | Committed::Written { .. }
+    ));
+    let mut one = SqliteStore::open(&temp_db("snapshot-refused-ref"), "sampling-events").unwrap();
+    let (mut reference, _) = PartitionRunner::claim(&mut one, 0, CoreConfig::default()).unwrap();
+    reference.apply(&records);
+    reference.commit(&mut one, false).unwrap();
+    assert_eq!(plain.views().unwrap(), one.views().unwrap());
 }

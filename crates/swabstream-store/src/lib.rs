@@ -1,62 +1,88 @@
-//! swabstream's embedded view store: one SQLite file holding each partition's
-//! partial view rows, the offset they reflect, and a snapshot of the
-//! partition's state — written together, in one transaction, so that the
-//! rows and their checkpoint can never disagree (the discipline behind
-//! exactly-once views: the store, not Kafka, holds the truth of where a
-//! partition is).
+//! What swabstream needs of a view store, whichever it is: the embedded
+//! SQLite file (`swabstream-store-sqlite`) or a ScyllaDB cluster
+//! (`swabstream-store-scylla`).
 //!
-//! Ownership of a partition is fenced with an epoch: [`ViewStore::claim`]
-//! bumps it, and a commit made with an older epoch (a worker that lost the
-//! partition in a rebalance but has not noticed yet) is refused.
+//! A store holds, per Kafka partition: *partial* view rows with absolute
+//! values (the partition's own counts; summed over partitions they are the
+//! city's views), a checkpoint (the offset those rows reflect, the epoch of
+//! the worker that owns the partition, its latest state snapshot), and the
+//! snapshots themselves. The worker's checkpoint protocol
+//! (`swabstream-pipeline`) keeps the views exactly once through this trait;
+//! `views`, `replay` and the analysts' service read through it.
+//!
+//! Each implementation keeps the same promises, checked by one behaviour
+//! suite ([`suite`], the `suite` feature) that every store's tests run:
+//! - a commit with an epoch older than the partition's latest claim is
+//!   refused ([`StoreError::Fenced`]) and changes nothing a reader sees;
+//! - a commit never moves a checkpoint backwards ([`StoreError::Regress`]);
+//! - rows are absolute: writing a row again replaces it, never adds to it;
+//! - a snapshot reads back byte for byte, whatever its size ([`chunks`]);
+//! - a reader sees the sum over partitions of each partition's latest rows.
+
+pub mod chunks;
+#[cfg(feature = "suite")]
+pub mod suite;
 
 use std::fmt;
-use std::path::Path;
-use std::pin::pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
-use std::thread::{self, Thread};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use libsql::params::IntoParams;
-use libsql::{Connection, Row, Statement, Value, params};
-use swabstream_events::Day;
-use swabstream_views::{
-    CityDaily, CodesIssuedDaily, DistrictDaily, MethodDaily, RejectionsDaily, SiteHourly, ViewRow,
-    ViewSet,
-};
+use swabstream_views::{ViewRow, ViewSet};
 
-const SCHEMA: &str = include_str!("schema.sql");
-const SCHEMA_VERSION: &str = "1";
-
-/// What can go wrong with the store.
+/// What can go wrong with a view store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// SQLite failed (the file is unreadable, the disk is full, ...).
-    #[error("view store: {0}")]
-    Sqlite(#[from] libsql::Error),
+    /// The store itself failed: SQLite (unreadable file, full disk) or Scylla
+    /// (timeouts, unavailable replicas, refused statements). `transient`
+    /// errors are worth retrying as they are; the others need an operator.
+    #[error("view store ({store}): {source}")]
+    Backend {
+        store: &'static str,
+        transient: bool,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The store was made for another topic.
     #[error(
-        "this view store holds views of topic `{found}`, not `{expected}`; use another data directory or store path"
+        "this view store holds views of topic `{found}`, not `{expected}`; use another data directory, store path or keyspace"
     )]
     OtherTopic { expected: String, found: String },
-    /// The file holds a schema version this build does not know.
-    #[error("view store schema version {0} is not supported by this build")]
-    SchemaVersion(String),
+    /// The store was built for a topic with another partition count.
+    #[error(
+        "this view store was built for {recorded} partitions, but the topic has {found}: a person's events would now land in another partition than their state. Keep the partition count a topic was made with (make enough partitions from the start), or publish to a new topic and rebuild its views into a new store (README: scaling out)"
+    )]
+    PartitionCount { recorded: i32, found: i32 },
+    /// The store holds a schema version this build does not know.
+    #[error(
+        "view store schema version {found} is not supported by this build (it writes {supported}); rebuild the views into a fresh store with `swabstream replay`"
+    )]
+    SchemaVersion { found: String, supported: &'static str },
     /// Another worker claimed the partition since this one did: it must stop writing.
     #[error("partition {partition} was claimed by another worker (epoch {current}, ours {ours})")]
     Fenced { partition: i32, ours: i64, current: i64 },
     /// A commit would move the partition's checkpoint backwards.
     #[error("partition {partition}: checkpoint {stored} is ahead of the commit's {offered}")]
     Regress { partition: i32, stored: i64, offered: i64 },
-    /// There is no store at the path (nothing has run there yet).
+    /// There is no store there (nothing has run there yet).
     #[error(
-        "no view store at {0}: run a worker first, or point --config / store.path at the store"
+        "no view store at {0}: run a worker first, or point --config / the store settings at the store"
     )]
     Missing(String),
-    /// A stored value cannot be read back (the file was edited by hand?).
+    /// A stored value cannot be read back (edited by hand? a torn write?).
     #[error("view store holds an unreadable value: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same call later may succeed (a timeout, a busy
+    /// file, replicas away): the worker waits and retries instead of exiting.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Backend { transient: true, .. })
+    }
+
+    /// Whether another worker owns the partition now.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Fenced { .. })
+    }
 }
 
 /// Where a partition stands in the store.
@@ -75,225 +101,99 @@ pub struct Snapshot {
     pub bytes: Vec<u8>,
 }
 
-/// Who last showed life on a partition, and when.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Lease {
-    pub partition: i32,
-    pub epoch: i64,
-    pub touched_at_ms: i64,
-}
-
 /// A claim on a partition: the epoch to commit with, and where it stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claim {
     pub epoch: i64,
+    /// None when the partition was never committed.
     pub checkpoint: Option<Checkpoint>,
 }
 
-/// The embedded view store.
-///
-/// Its API is synchronous: each call runs SQLite on the calling thread (see
-/// [`block_on`]), from a plain thread and from inside an async runtime alike.
-pub struct ViewStore {
-    // Declared before `upserts`, so it drops first: the statements then hold
-    // the last handles of the connection and close it once.
-    conn: Connection,
-    upserts: Upserts,
+/// What the store knows of a claimed partition, without its snapshot's
+/// bytes: for the orphan safety net, `status` and `as_of`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionStatus {
+    pub partition: i32,
+    /// The epoch of the latest claim.
+    pub epoch: i64,
+    /// The checkpoint; None when claimed but never committed.
+    pub next_offset: Option<i64>,
+    /// The offset of the latest snapshot and its size.
+    pub snapshot_offset: Option<i64>,
+    pub snapshot_bytes: Option<u64>,
+    /// Last sign of life of the owner: a claim, a commit or a touch (ms
+    /// since the Unix epoch).
+    pub touched_at_ms: i64,
+    /// The last commit, and the last commit carrying a snapshot.
+    pub committed_at_ms: Option<i64>,
+    pub snapshot_at_ms: Option<i64>,
 }
 
-impl fmt::Debug for ViewStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ViewStore").field("conn", &self.conn).finish_non_exhaustive()
-    }
-}
+/// A view store. Calls are synchronous (the worker runs on a thread of its
+/// own); an implementation over an async driver runs it on a runtime it owns.
+pub trait ViewStore: Send + fmt::Debug {
+    /// Where the store is, for logs and errors ("SQLite file x.db", ...).
+    fn describe(&self) -> String;
 
-// Workers move their store to the thread that runs them.
-const _: fn() = || {
-    fn send<T: Send>() {}
-    send::<ViewStore>();
-};
+    /// Records the topic's partition count the first time, and refuses
+    /// ([`StoreError::PartitionCount`]) a topic whose count has changed since.
+    fn check_partition_count(&mut self, partitions: i32) -> Result<(), StoreError>;
 
-impl ViewStore {
-    /// Opens (creating if needed) the store at `path` for `topic`'s views.
-    pub fn open(path: &Path, topic: &str) -> Result<ViewStore, StoreError> {
-        // Two processes opening a new file at once (two workers starting
-        // together) can meet SQLITE_BUSY where SQLite does not call its busy
-        // handler (switching the journal mode, creating the schema); opening
-        // is idempotent, so it is retried.
-        let started = std::time::Instant::now();
-        loop {
-            match ViewStore::try_open(path, topic) {
-                Err(StoreError::Sqlite(e))
-                    if is_busy(&e) && started.elapsed() < Duration::from_secs(30) =>
-                {
-                    thread::sleep(Duration::from_millis(50));
-                }
-                result => return result,
-            }
-        }
-    }
-
-    fn try_open(path: &Path, topic: &str) -> Result<ViewStore, StoreError> {
-        let conn = block_on(libsql::Builder::new_local(path).build())?.connect()?;
-        // Writers on the same file (a worker taking a partition over from
-        // another, the CLI reading) wait for each other instead of failing
-        // with SQLITE_BUSY at once.
-        conn.busy_timeout(Duration::from_secs(10))?;
-        // WAL lets analysts read while the worker writes; FULL makes a commit
-        // durable when it returns, so a checkpoint never outlives a power cut
-        // that its DLQ records did not.
-        block_on(conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;"))?;
-        block_on(conn.execute_batch(SCHEMA))?;
-        let upserts = Upserts::prepare(&conn)?;
-        let store = ViewStore { conn, upserts };
-        store.check_meta("schema_version", SCHEMA_VERSION, |found| {
-            StoreError::SchemaVersion(found)
-        })?;
-        store.check_meta("topic", topic, |found| StoreError::OtherTopic {
-            expected: topic.to_owned(),
-            found,
-        })?;
-        Ok(store)
-    }
-
-    /// Opens an existing store, for reading; refuses to create one.
-    pub fn open_existing(path: &Path, topic: &str) -> Result<ViewStore, StoreError> {
-        if !path.exists() {
-            return Err(StoreError::Missing(path.display().to_string()));
-        }
-        ViewStore::open(path, topic)
-    }
-
-    fn check_meta(
-        &self,
-        key: &str,
-        value: &str,
-        mismatch: impl FnOnce(String) -> StoreError,
-    ) -> Result<(), StoreError> {
-        let found =
-            query_row(&self.conn, "SELECT value FROM meta WHERE key = ?1", [key], |r| text(r, 0))?;
-        match found {
-            Some(f) if f != value => Err(mismatch(f)),
-            Some(_) => Ok(()),
-            None => {
-                // Another process may be writing the same key right now.
-                exec(
-                    &self.conn,
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
-                    [key, value],
-                )?;
-                self.check_meta(key, value, mismatch)
-            }
-        }
-    }
-
-    /// The checkpoint of a partition, if it has one.
-    pub fn checkpoint(&self, partition: i32) -> Result<Option<Checkpoint>, StoreError> {
-        query_row(
-            &self.conn,
-            "SELECT next_offset, snapshot_offset, snapshot FROM checkpoint WHERE partition = ?1",
-            [partition],
-            |r| {
-                let snapshot = match (opt_int(r, 1)?, opt_blob(r, 2)?) {
-                    (Some(next_offset), Some(bytes)) => Some(Snapshot { next_offset, bytes }),
-                    _ => None,
-                };
-                Ok(Checkpoint { next_offset: int(r, 0)?, snapshot })
-            },
-        )
-    }
-
-    /// Every partition's checkpointed offset.
-    pub fn offsets(&self) -> Result<Vec<(i32, i64)>, StoreError> {
-        query(
-            &self.conn,
-            "SELECT partition, next_offset FROM checkpoint WHERE next_offset >= 0 ORDER BY partition",
-            (),
-            |r| {
-                let p = int(r, 0)?;
-                let p = i32::try_from(p)
-                    .map_err(|_| StoreError::Corrupt(format!("partition number {p}")))?;
-                Ok((p, int(r, 1)?))
-            },
-        )
-    }
-
-    /// Claims a partition for this worker: bumps its epoch, so commits of any
-    /// earlier claimant are refused from now on, and returns where it stands.
-    pub fn claim(&mut self, partition: i32) -> Result<Claim, StoreError> {
-        let tx = Tx::begin(&self.conn)?;
-        let epoch = query_row(
-            &self.conn,
-            "SELECT epoch FROM checkpoint WHERE partition = ?1",
-            [partition],
-            |r| int(r, 0),
-        )?;
-        let epoch = match epoch {
-            Some(e) => {
-                exec(
-                    &self.conn,
-                    "UPDATE checkpoint SET epoch = ?2, updated_at_ms = ?3 WHERE partition = ?1",
-                    params![partition, e + 1, now_ms()],
-                )?;
-                e + 1
-            }
-            None => {
-                exec(
-                    &self.conn,
-                    "INSERT INTO checkpoint (partition, next_offset, epoch, updated_at_ms) VALUES (?1, -1, 1, ?2)",
-                    params![partition, now_ms()],
-                )?;
-                1
-            }
-        };
-        tx.commit()?;
-        let checkpoint = self.checkpoint(partition)?.filter(|c| c.next_offset >= 0);
-        Ok(Claim { epoch, checkpoint })
-    }
-
-    /// Marks the partitions `owned` (partition, epoch) as alive now: their
-    /// owner is working even when no records come. Partitions claimed by
-    /// someone else since are left alone. See [`Self::leases`].
-    pub fn touch(&mut self, owned: &[(i32, i64)]) -> Result<(), StoreError> {
-        if owned.is_empty() {
-            return Ok(());
-        }
-        let tx = Tx::begin(&self.conn)?;
-        let now = now_ms();
-        for &(partition, epoch) in owned {
-            exec(
-                &self.conn,
-                "UPDATE checkpoint SET updated_at_ms = ?3 WHERE partition = ?1 AND epoch = ?2",
-                params![partition, epoch, now],
-            )?;
-        }
-        tx.commit()
-    }
-
-    /// Every claimed partition with its epoch and the last time (ms since
-    /// the epoch) its owner claimed, committed or touched it.
-    pub fn leases(&self) -> Result<Vec<Lease>, StoreError> {
-        query(
-            &self.conn,
-            "SELECT partition, epoch, updated_at_ms FROM checkpoint ORDER BY partition",
-            (),
-            |r| {
-                let partition = int(r, 0)?;
-                Ok(Lease {
-                    partition: i32::try_from(partition)
-                        .map_err(|_| StoreError::Corrupt(format!("partition {partition}")))?,
-                    epoch: int(r, 1)?,
-                    touched_at_ms: int(r, 2)?,
-                })
-            },
-        )
-    }
+    /// Claims `partition` for this worker: bumps its epoch, so commits of
+    /// any earlier claimant are refused from now on, and says where it stands.
+    fn claim(&mut self, partition: i32) -> Result<Claim, StoreError>;
 
     /// Writes a partition's changed rows (absolute partial values) and the
-    /// offset they reflect — and, when given, a state snapshot taken at that
-    /// offset — in one transaction. Refused if another worker claimed the
-    /// partition since `epoch`, or if it would move the checkpoint backwards.
-    pub fn commit(
+    /// offset they reflect, with a snapshot taken at that offset when given.
+    /// Refused if another worker claimed the partition since `epoch`, or if
+    /// it would move the checkpoint backwards. Once it returns `Ok`, a reader
+    /// sees the rows and a later claim sees the checkpoint.
+    fn commit(
+        &mut self,
+        partition: i32,
+        epoch: i64,
+        rows: &[ViewRow],
+        next_offset: i64,
+        snapshot: Option<&[u8]>,
+    ) -> Result<(), StoreError>;
+
+    /// Marks the partitions `owned` (partition, epoch) alive now; partitions
+    /// claimed by someone else since are left alone.
+    fn touch(&mut self, owned: &[(i32, i64)]) -> Result<(), StoreError>;
+
+    /// A partition's checkpoint with its snapshot, if it was ever committed.
+    fn checkpoint(&self, partition: i32) -> Result<Option<Checkpoint>, StoreError>;
+
+    /// Every claimed partition, in partition order.
+    fn partitions(&self) -> Result<Vec<PartitionStatus>, StoreError>;
+
+    /// Every committed partition's checkpoint offset, in partition order.
+    fn offsets(&self) -> Result<Vec<(i32, i64)>, StoreError> {
+        Ok(self
+            .partitions()?
+            .into_iter()
+            .filter_map(|p| p.next_offset.map(|o| (p.partition, o)))
+            .collect())
+    }
+
+    /// The city's views: every partition's partial rows summed.
+    fn views(&self) -> Result<ViewSet, StoreError>;
+
+    /// One partition's partial rows, as views.
+    fn partition_views(&self, partition: i32) -> Result<ViewSet, StoreError>;
+}
+
+impl<S: ViewStore + ?Sized> ViewStore for Box<S> {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    fn check_partition_count(&mut self, partitions: i32) -> Result<(), StoreError> {
+        (**self).check_partition_count(partitions)
+    }
+    fn claim(&mut self, partition: i32) -> Result<Claim, StoreError> {
+        (**self).claim(partition)
+    }
+    fn commit(
         &mut self,
         partition: i32,
         epoch: i64,
@@ -301,456 +201,24 @@ impl ViewStore {
         next_offset: i64,
         snapshot: Option<&[u8]>,
     ) -> Result<(), StoreError> {
-        let tx = Tx::begin(&self.conn)?;
-        let (current, stored) = query_row(
-            &self.conn,
-            "SELECT epoch, next_offset FROM checkpoint WHERE partition = ?1",
-            [partition],
-            |r| Ok((int(r, 0)?, int(r, 1)?)),
-        )?
-        .unwrap_or((0, -1));
-        if current != epoch {
-            return Err(StoreError::Fenced { partition, ours: epoch, current });
-        }
-        if next_offset < stored {
-            return Err(StoreError::Regress { partition, stored, offered: next_offset });
-        }
-        self.upserts.write(partition, rows)?;
-        match snapshot {
-            // libsql binds only owned values, so the snapshot is copied once
-            // into a `Value::Blob` (and once more by SQLite: libsql binds
-            // blobs as SQLITE_TRANSIENT). `Connection::execute` moves the
-            // value on to the bind; a prepared `Statement` would clone it.
-            Some(bytes) => exec(
-                &self.conn,
-                "UPDATE checkpoint SET next_offset = ?2, snapshot_offset = ?2, snapshot = ?3, updated_at_ms = ?4
-                 WHERE partition = ?1",
-                params![partition, next_offset, Value::Blob(bytes.to_vec()), now_ms()],
-            )?,
-            None => exec(
-                &self.conn,
-                "UPDATE checkpoint SET next_offset = ?2, updated_at_ms = ?3 WHERE partition = ?1",
-                params![partition, next_offset, now_ms()],
-            )?,
-        }
-        tx.commit()
+        (**self).commit(partition, epoch, rows, next_offset, snapshot)
     }
-
-    /// The city's views: every partition's partial rows summed by the store's
-    /// SQL views, `percent_using_code` derived from the sums.
-    pub fn views(&self) -> Result<ViewSet, StoreError> {
-        self.read_views("")
+    fn touch(&mut self, owned: &[(i32, i64)]) -> Result<(), StoreError> {
+        (**self).touch(owned)
     }
-
-    /// One partition's partial rows, as views.
-    pub fn partition_views(&self, partition: i32) -> Result<ViewSet, StoreError> {
-        self.read_views(&format!("_part WHERE partition = {partition}"))
+    fn checkpoint(&self, partition: i32) -> Result<Option<Checkpoint>, StoreError> {
+        (**self).checkpoint(partition)
     }
-
-    fn read_views(&self, suffix: &str) -> Result<ViewSet, StoreError> {
-        let mut rows = Vec::new();
-        let c = &self.conn;
-        let q = |view: &str, cols: &str| format!("SELECT {cols} FROM {view}{suffix}");
-        rows.extend(query(
-            c,
-            &q(
-                "city_daily",
-                "day, people_sampled, using_code, valid_scans, rescans, rejected, duplicates",
-            ),
-            (),
-            |r| {
-                Ok(ViewRow::CityDaily(CityDaily {
-                    day: day(r, 0)?,
-                    people_sampled: count(r, 1)?,
-                    using_code: count(r, 2)?,
-                    percent_using_code: None,
-                    valid_scans: count(r, 3)?,
-                    rescans: count(r, 4)?,
-                    rejected: count(r, 5)?,
-                    duplicates: count(r, 6)?,
-                }))
-            },
-        )?);
-        rows.extend(query(
-            c,
-            &q(
-                "district_daily",
-                "day, district, people_sampled, using_code, valid_scans, rejected",
-            ),
-            (),
-            |r| {
-                Ok(ViewRow::DistrictDaily(DistrictDaily {
-                    day: day(r, 0)?,
-                    district: text(r, 1)?,
-                    people_sampled: count(r, 2)?,
-                    using_code: count(r, 3)?,
-                    valid_scans: count(r, 4)?,
-                    rejected: count(r, 5)?,
-                }))
-            },
-        )?);
-        rows.extend(query(
-            c,
-            &q("site_hourly", "day, site_id, hour, people_sampled, valid_scans"),
-            (),
-            |r| {
-                let hour = int(r, 2)?;
-                Ok(ViewRow::SiteHourly(SiteHourly {
-                    day: day(r, 0)?,
-                    site_id: text(r, 1)?,
-                    hour: u8::try_from(hour)
-                        .map_err(|_| StoreError::Corrupt(format!("hour {hour}")))?,
-                    people_sampled: count(r, 3)?,
-                    valid_scans: count(r, 4)?,
-                }))
-            },
-        )?);
-        rows.extend(query(c, &q("method_daily", "day, method, people_sampled"), (), |r| {
-            Ok(ViewRow::MethodDaily(MethodDaily {
-                day: day(r, 0)?,
-                method: text(r, 1)?,
-                people_sampled: count(r, 2)?,
-            }))
-        })?);
-        rows.extend(query(c, &q("rejections_daily", "day, reason, count"), (), |r| {
-            Ok(ViewRow::RejectionsDaily(RejectionsDaily {
-                day: day(r, 0)?,
-                reason: text(r, 1)?,
-                count: count(r, 2)?,
-            }))
-        })?);
-        rows.extend(query(c, &q("codes_issued_daily", "day, kind, channel, count"), (), |r| {
-            Ok(ViewRow::CodesIssuedDaily(CodesIssuedDaily {
-                day: day(r, 0)?,
-                kind: text(r, 1)?,
-                channel: text(r, 2)?,
-                count: count(r, 3)?,
-            }))
-        })?);
-        // Rows are already summed per key (or one partition's); summing them
-        // again is the identity and derives the percentage the same way
-        // everywhere in swabstream.
-        Ok(ViewSet::from_rows(rows))
+    fn partitions(&self) -> Result<Vec<PartitionStatus>, StoreError> {
+        (**self).partitions()
     }
-}
-
-/// The upserts of partial rows, one per view, prepared once per store (what
-/// rusqlite's `prepare_cached` did).
-struct Upserts {
-    city: Statement,
-    district: Statement,
-    site: Statement,
-    method: Statement,
-    rejections: Statement,
-    codes: Statement,
-}
-
-impl Upserts {
-    fn prepare(conn: &Connection) -> Result<Upserts, StoreError> {
-        let prepare = |sql: &str| block_on(conn.prepare(sql));
-        Ok(Upserts {
-            city: prepare(
-                "INSERT OR REPLACE INTO city_daily_part VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?,
-            district: prepare(
-                "INSERT OR REPLACE INTO district_daily_part VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?,
-            site: prepare(
-                "INSERT OR REPLACE INTO site_hourly_part VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?,
-            method: prepare("INSERT OR REPLACE INTO method_daily_part VALUES (?1, ?2, ?3, ?4)")?,
-            rejections: prepare(
-                "INSERT OR REPLACE INTO rejections_daily_part VALUES (?1, ?2, ?3, ?4)",
-            )?,
-            codes: prepare(
-                "INSERT OR REPLACE INTO codes_issued_daily_part VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?,
-        })
+    fn offsets(&self) -> Result<Vec<(i32, i64)>, StoreError> {
+        (**self).offsets()
     }
-
-    fn write(&self, p: i32, rows: &[ViewRow]) -> Result<(), StoreError> {
-        for row in rows {
-            match row {
-                ViewRow::CityDaily(r) => run(
-                    &self.city,
-                    params![
-                        p,
-                        r.day.to_string(),
-                        sql_count(r.people_sampled),
-                        sql_count(r.using_code),
-                        sql_count(r.valid_scans),
-                        sql_count(r.rescans),
-                        sql_count(r.rejected),
-                        sql_count(r.duplicates)
-                    ],
-                )?,
-                ViewRow::DistrictDaily(r) => run(
-                    &self.district,
-                    params![
-                        p,
-                        r.day.to_string(),
-                        r.district.as_str(),
-                        sql_count(r.people_sampled),
-                        sql_count(r.using_code),
-                        sql_count(r.valid_scans),
-                        sql_count(r.rejected)
-                    ],
-                )?,
-                ViewRow::SiteHourly(r) => run(
-                    &self.site,
-                    params![
-                        p,
-                        r.day.to_string(),
-                        r.site_id.as_str(),
-                        r.hour,
-                        sql_count(r.people_sampled),
-                        sql_count(r.valid_scans)
-                    ],
-                )?,
-                ViewRow::MethodDaily(r) => run(
-                    &self.method,
-                    params![p, r.day.to_string(), r.method.as_str(), sql_count(r.people_sampled)],
-                )?,
-                ViewRow::RejectionsDaily(r) => run(
-                    &self.rejections,
-                    params![p, r.day.to_string(), r.reason.as_str(), sql_count(r.count)],
-                )?,
-                ViewRow::CodesIssuedDaily(r) => run(
-                    &self.codes,
-                    params![
-                        p,
-                        r.day.to_string(),
-                        r.kind.as_str(),
-                        r.channel.as_str(),
-                        sql_count(r.count)
-                    ],
-                )?,
-            }
-        }
-        Ok(())
+    fn views(&self) -> Result<ViewSet, StoreError> {
+        (**self).views()
     }
-}
-
-/// An open write transaction (`BEGIN IMMEDIATE`), rolled back when dropped
-/// uncommitted — on an early return, an error or a panic — as rusqlite's was.
-///
-/// IMMEDIATE takes the write lock up front, waiting for it up to the busy
-/// timeout; a deferred transaction that reads and then writes could instead
-/// fail with SQLITE_BUSY, without waiting, when another connection wrote in
-/// between. (Not libsql's `Connection::transaction`: its local transaction
-/// unwraps the rollback's result when dropped, so a failed rollback would
-/// panic the worker.)
-struct Tx<'c> {
-    conn: &'c Connection,
-    open: bool,
-}
-
-impl<'c> Tx<'c> {
-    fn begin(conn: &'c Connection) -> Result<Tx<'c>, StoreError> {
-        exec(conn, "BEGIN IMMEDIATE", ())?;
-        Ok(Tx { conn, open: true })
-    }
-
-    fn commit(mut self) -> Result<(), StoreError> {
-        exec(self.conn, "COMMIT", ())?;
-        self.open = false;
-        Ok(())
-    }
-}
-
-impl Drop for Tx<'_> {
-    fn drop(&mut self) {
-        if self.open && !self.conn.is_autocommit() {
-            // The error that ended the transaction is the one reported.
-            let _ = block_on(self.conn.execute("ROLLBACK", ()));
-        }
-    }
-}
-
-/// Runs one of libsql's futures to completion on the calling thread.
-///
-/// libsql's API is async, but the local (`core`) connection this store uses
-/// does no real awaiting: in libsql 0.9.30 every `async fn` behind it
-/// (`local::impls`: `LibsqlConnection`, `LibsqlStmt`, `LibsqlTx`,
-/// `LibsqlRows`) is a plain synchronous SQLite call wrapped in an `async fn`,
-/// and `Builder::new_local(..).build()` only records the path. No tokio, no
-/// reactor, no `spawn_blocking`: the futures are ready at their first poll
-/// (a unit test below checks it). So this needs no runtime, and works the same
-/// from a plain thread and from inside a tokio runtime (current-thread or
-/// multi-thread; there, like any SQLite call, it blocks the calling thread for
-/// the call's duration — nothing is nested in tokio's `block_on`).
-///
-/// The first poll uses a no-op waker (no allocation). Should a later libsql
-/// really wait for something, this is still a correct executor: it polls again
-/// with a waker that unparks this thread, and parks until woken.
-fn block_on<F: Future>(future: F) -> F::Output {
-    struct Unpark(Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-
-    let mut future = pin!(future);
-    if let Poll::Ready(v) = future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        return v;
-    }
-    let waker = Waker::from(Arc::new(Unpark(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    loop {
-        match future.as_mut().poll(&mut cx) {
-            Poll::Ready(v) => return v,
-            Poll::Pending => thread::park(),
-        }
-    }
-}
-
-fn exec(conn: &Connection, sql: &str, params: impl IntoParams) -> Result<(), StoreError> {
-    block_on(conn.execute(sql, params))?;
-    Ok(())
-}
-
-/// Runs a prepared statement and resets it: libsql leaves a statement as its
-/// last step left it, and SQLite ignores bindings to a statement not reset.
-fn run(stmt: &Statement, params: impl IntoParams) -> Result<(), StoreError> {
-    let done = block_on(stmt.execute(params));
-    stmt.reset();
-    done?;
-    Ok(())
-}
-
-fn query<T>(
-    conn: &Connection,
-    sql: &str,
-    params: impl IntoParams,
-    mut map: impl FnMut(&Row) -> Result<T, StoreError>,
-) -> Result<Vec<T>, StoreError> {
-    let mut rows = block_on(conn.query(sql, params))?;
-    let mut out = Vec::new();
-    while let Some(row) = block_on(rows.next())? {
-        out.push(map(&row)?);
-    }
-    Ok(out)
-}
-
-/// The first row of a query, if any; the statement is finalized on return.
-fn query_row<T>(
-    conn: &Connection,
-    sql: &str,
-    params: impl IntoParams,
-    map: impl FnOnce(&Row) -> Result<T, StoreError>,
-) -> Result<Option<T>, StoreError> {
-    let mut rows = block_on(conn.query(sql, params))?;
-    block_on(rows.next())?.map(|row| map(&row)).transpose()
-}
-
-// Column readers. libsql's own `Row::get` panics (`unreachable!`) on a value of
-// another type; these report it as a corrupt store instead.
-
-fn unexpected(r: &Row, i: i32, wanted: &str, found: &Value) -> StoreError {
-    let found = match found {
-        Value::Null => "NULL",
-        Value::Integer(_) => "an integer",
-        Value::Real(_) => "a real",
-        Value::Text(_) => "text",
-        Value::Blob(_) => "a blob",
-    };
-    let column = r.column_name(i).unwrap_or("?");
-    StoreError::Corrupt(format!("column `{column}` holds {found}, not {wanted}"))
-}
-
-fn int(r: &Row, i: i32) -> Result<i64, StoreError> {
-    match r.get_value(i)? {
-        Value::Integer(v) => Ok(v),
-        v => Err(unexpected(r, i, "an integer", &v)),
-    }
-}
-
-fn opt_int(r: &Row, i: i32) -> Result<Option<i64>, StoreError> {
-    match r.get_value(i)? {
-        Value::Null => Ok(None),
-        Value::Integer(v) => Ok(Some(v)),
-        v => Err(unexpected(r, i, "an integer", &v)),
-    }
-}
-
-fn text(r: &Row, i: i32) -> Result<String, StoreError> {
-    match r.get_value(i)? {
-        Value::Text(s) => Ok(s),
-        v => Err(unexpected(r, i, "text", &v)),
-    }
-}
-
-fn opt_blob(r: &Row, i: i32) -> Result<Option<Vec<u8>>, StoreError> {
-    match r.get_value(i)? {
-        Value::Null => Ok(None),
-        Value::Blob(b) => Ok(Some(b)),
-        v => Err(unexpected(r, i, "a blob", &v)),
-    }
-}
-
-fn day(r: &Row, i: i32) -> Result<Day, StoreError> {
-    let s = text(r, i)?;
-    Day::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("`{s}` is not a day")))
-}
-
-fn count(r: &Row, i: i32) -> Result<u64, StoreError> {
-    let v = int(r, i)?;
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative count {v}")))
-}
-
-fn sql_count(v: u64) -> i64 {
-    // Counts of people and events stay far below 2⁶³.
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Whether SQLite said another connection holds the lock.
-fn is_busy(e: &libsql::Error) -> bool {
-    let text = e.to_string();
-    text.contains("database is locked") || text.contains("database is busy")
-}
-
-#[cfg(test)]
-mod tests {
-    use std::pin::pin;
-    use std::task::{Context, Poll, Waker};
-
-    /// [`super::block_on`]'s premise: libsql's local futures are ready at the
-    /// first poll. If a libsql upgrade breaks this, `block_on` still works (it
-    /// parks), but re-check the upgrade's local connection for tokio use.
-    #[test]
-    fn libsql_local_futures_are_ready_at_the_first_poll() {
-        fn ready<F: Future>(f: F) -> F::Output {
-            match pin!(f).poll(&mut Context::from_waker(Waker::noop())) {
-                Poll::Ready(v) => v,
-                Poll::Pending => panic!("a libsql local future was not ready at its first poll"),
-            }
-        }
-        let dir =
-            std::env::temp_dir().join(format!("swabstream-store-unit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = ready(libsql::Builder::new_local(dir.join("poll.db")).build()).unwrap();
-        let conn = db.connect().unwrap();
-        ready(conn.execute_batch("CREATE TABLE t (x INTEGER, b BLOB)")).unwrap();
-        let tx = ready(conn.transaction()).unwrap();
-        ready(tx.execute("INSERT INTO t VALUES (?1, ?2)", (1, vec![1u8, 2]))).unwrap();
-        ready(tx.commit()).unwrap();
-        let stmt = ready(conn.prepare("INSERT INTO t VALUES (?1, NULL)")).unwrap();
-        ready(stmt.execute([2])).unwrap();
-        let mut rows = ready(conn.query("SELECT x FROM t ORDER BY x", ())).unwrap();
-        let mut xs = Vec::new();
-        while let Some(r) = ready(rows.next()).unwrap() {
-            xs.push(r.get::<i64>(0).unwrap());
-        }
-        assert_eq!(xs, [1, 2]);
-        let _ = std::fs::remove_dir_all(&dir);
+    fn partition_views(&self, partition: i32) -> Result<ViewSet, StoreError> {
+        (**self).partition_views(partition)
     }
 }

@@ -58,8 +58,59 @@ pub struct KafkaConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    /// `sqlite` (the embedded default, one file) or `scylla` (a ScyllaDB cluster).
+    pub kind: StoreKind,
     /// The embedded store's file (default: `<data_dir>/views.db`).
     pub path: Option<PathBuf>,
+    /// The ScyllaDB cluster, when `kind = "scylla"`.
+    pub scylla: ScyllaConfig,
+}
+
+/// The view store's kind (SPEC §7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Sqlite,
+    Scylla,
+}
+
+/// A ScyllaDB cluster as a view store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScyllaConfig {
+    /// `host:port,…` of some of the cluster's nodes (the driver finds the rest).
+    pub nodes: String,
+    /// The keyspace holding the views; created with `replication` if missing.
+    pub keyspace: String,
+    /// `SimpleStrategy` with this replication factor, when `datacenters` is empty.
+    pub replication_factor: u32,
+    /// `NetworkTopologyStrategy`: replicas per datacenter, e.g. `{ dc1 = 3, dc2 = 3 }`.
+    pub datacenters: BTreeMap<String, u32>,
+    /// Consistency of every read and write (`LOCAL_QUORUM`, `QUORUM`, `ONE`, ...).
+    pub consistency: String,
+    /// Credentials, when the cluster asks for them (the password better given
+    /// as `SWABSTREAM_STORE__SCYLLA__PASSWORD`).
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Longest wait for one request before it counts as a timeout (and is retried).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for ScyllaConfig {
+    fn default() -> Self {
+        ScyllaConfig {
+            nodes: "127.0.0.1:9042".to_owned(),
+            keyspace: "swabstream".to_owned(),
+            replication_factor: 1,
+            datacenters: BTreeMap::new(),
+            consistency: "LOCAL_QUORUM".to_owned(),
+            username: None,
+            password: None,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Settings of the rules (all workers of a topic must agree).
@@ -110,6 +161,13 @@ pub struct PseudonymConfig {
 #[derive(Clone, PartialEq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -193,7 +251,9 @@ impl Default for KafkaConfig {
             embedded_port: 0,
             topic: "sampling-events".to_owned(),
             dlq_topic: "sampling-events-dlq".to_owned(),
-            partitions: 4,
+            // Room to grow: partitions are the unit of parallelism, and a
+            // topic's count cannot change under its views (README: scaling out).
+            partitions: 12,
             replication_factor: 1,
             group_id: "swabstream-views".to_owned(),
             client: BTreeMap::new(),

@@ -18,7 +18,6 @@ use swabstream_broker::EmbeddedBroker;
 use swabstream_events::avro::Codec;
 use swabstream_kafka::{Publisher, TopicSpec, ensure_topics, worker};
 use swabstream_sim::{SimConfig, simulate};
-use swabstream_store::ViewStore;
 use swabstream_views::render_table;
 
 use crate::config::Config;
@@ -108,13 +107,13 @@ fn demo(
     drop(producer);
 
     let mut opts = crate::run::options(config, true);
-    opts.store_path = dir.join("views.db");
     opts.group_id = "swabstream-demo".to_owned();
-    let report = worker::run(&cluster, &opts, Arc::new(AtomicBool::new(false)))?;
+    let store = crate::store::open_sqlite(&dir.join("views.db"), topic)?;
+    let report = worker::run(&cluster, &opts, store, Arc::new(AtomicBool::new(false)))?;
     eprintln!("worker: {}", crate::run::summary(&report));
     rt.block_on(broker.stop());
 
-    let views = ViewStore::open_existing(&opts.store_path, topic)?.views()?;
+    let views = crate::store::open_sqlite(&dir.join("views.db"), topic)?.views()?;
     print!(
         "{}",
         render_table(&views, &["city_daily", "district_daily", "method_daily", "rejections_daily"])

@@ -9,7 +9,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use swabstream_events::Timestamp;
 use swabstream_kafka::worker::{self, ReplayFrom};
-use swabstream_store::ViewStore;
 
 use crate::config::Config;
 use crate::connect;
@@ -48,14 +47,14 @@ pub fn run(rt: &tokio::runtime::Runtime, args: Args, config: &Config) -> anyhow:
     };
     let kafka = rt.block_on(connect::connect(config))?;
     let stop = crate::stop_on_signal(rt, "the replay is interrupted");
-    let mut opts = crate::run::options(config, true);
-    opts.store_path = out.clone();
+    let opts = crate::run::options(config, true);
+    let store = crate::store::open_sqlite(&out, &config.kafka.topic)?;
     let bar = crate::publish::progress_bar(Some(0));
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} records {per_sec} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let result = worker::replay(&kafka.cluster, &opts, from, stop, &|done, total| {
+    let result = worker::replay(&kafka.cluster, &opts, store, from, stop, &|done, total| {
         bar.set_length(total);
         bar.set_position(done);
     });
@@ -64,8 +63,7 @@ pub fn run(rt: &tokio::runtime::Runtime, args: Args, config: &Config) -> anyhow:
     let (report, offsets) = result?;
     eprintln!("replay into {}: {}", out.display(), crate::run::summary(&report));
 
-    let live_path = config.store_path();
-    let live = match ViewStore::open_existing(&live_path, &config.kafka.topic) {
+    let live = match crate::store::open_existing(config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("no live views to compare with ({e})");
@@ -73,16 +71,17 @@ pub fn run(rt: &tokio::runtime::Runtime, args: Args, config: &Config) -> anyhow:
         }
     };
     let live_offsets: std::collections::BTreeMap<i32, i64> = live.offsets()?.into_iter().collect();
-    let rebuilt = ViewStore::open_existing(&out, &config.kafka.topic)?.views()?;
+    let rebuilt = crate::store::open_sqlite(&out, &config.kafka.topic)?.views()?;
+    let live_where = live.describe();
     let diffs = rebuilt.differences(&live.views().context("reading the live views")?);
     if diffs.is_empty() {
-        println!("replay: the rebuilt views equal the live views in {}", live_path.display());
+        println!("replay: the rebuilt views equal the live views in {}", live_where);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
         "replay: {} rows differ from the live views in {} (left = rebuilt, right = live):",
         diffs.len(),
-        live_path.display()
+        live_where
     );
     for d in diffs.iter().take(20) {
         println!("  {d}");

@@ -22,7 +22,6 @@ pub fn options(config: &Config, until_caught_up: bool) -> WorkerOptions {
         topic: config.kafka.topic.clone(),
         dlq_topic: config.kafka.dlq_topic.clone(),
         group_id: config.kafka.group_id.clone(),
-        store_path: config.store_path(),
         core: CoreConfig { retention_days: config.core.retention_days },
         batch_max_records: config.worker.batch_max_records,
         batch_max_wait: config.worker.batch_max_wait,
@@ -45,7 +44,8 @@ pub fn run(rt: &tokio::runtime::Runtime, args: Args, config: &Config) -> anyhow:
     let kafka = rt.block_on(connect::connect(config))?;
     let stop = crate::stop_on_signal(rt, "committing what is applied");
     let opts = options(config, args.until_caught_up);
-    let result = worker::run(&kafka.cluster, &opts, stop);
+    let store = crate::store::open(config)?;
+    let result = worker::run(&kafka.cluster, &opts, store, stop);
     rt.block_on(kafka.stop());
     let report = result?;
     crate::report(&summary(&report));
@@ -56,7 +56,7 @@ pub fn run(rt: &tokio::runtime::Runtime, args: Args, config: &Config) -> anyhow:
 pub fn summary(r: &Report) -> String {
     let c = &r.counts;
     format!(
-        "applied {} records in {:.2?} ({:.0} events/s): {} accepted, {} duplicates, {} rejected ({} to the DLQ); {} batches, {} snapshots",
+        "applied {} records in {:.2?} ({:.0} events/s): {} accepted, {} duplicates, {} rejected ({} to the DLQ); {} batches, {} snapshots{}",
         c.applied(),
         r.elapsed,
         c.applied() as f64 / r.elapsed.as_secs_f64().max(1e-9),
@@ -66,6 +66,11 @@ pub fn summary(r: &Report) -> String {
         r.dlq_records,
         r.batches,
         r.snapshots,
+        if r.snapshot_failures > 0 {
+            format!(" ({} snapshots the store did not take)", r.snapshot_failures)
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -80,6 +85,10 @@ fn describe_metrics() {
     describe_histogram!(
         "swabstream_snapshot_seconds",
         "Time of a store commit with a state snapshot"
+    );
+    describe_counter!(
+        "swabstream_snapshot_failures_total",
+        "Snapshots the view store did not take (rows and offset were committed without them)"
     );
     describe_gauge!("swabstream_partition_lag", "Records between a partition's end and the worker");
 }

@@ -1,8 +1,6 @@
-//! `swabstream views`: the views in the view store, summed over partitions.
+//! `swabstream views`: the views in the configured view store, summed over partitions.
 
 use std::process::ExitCode;
-
-use swabstream_store::ViewStore;
 
 use crate::config::Config;
 use crate::output::ViewOutput;
@@ -14,7 +12,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
-    let store = ViewStore::open_existing(&config.store_path(), &config.kafka.topic)?;
+    let store = crate::store::open_existing(config)?;
     args.output.print(&store.views()?)?;
     Ok(ExitCode::SUCCESS)
 }

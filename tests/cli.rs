@@ -1,26 +1,18 @@
 //! The binary's commands, run as a user runs them: as a child process.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use swabstream_events::Day;
 use swabstream_store::ViewStore;
+use swabstream_store_sqlite::SqliteStore;
 use swabstream_views::{CityDaily, ViewRow, ViewSet};
 
-fn swabstream(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_swabstream"));
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("the binary runs")
-}
+mod common;
+
+use common::swabstream;
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("swabstream-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::temp_dir("cli", name)
 }
 
 #[test]
@@ -65,7 +57,7 @@ fn process_reports_bad_lines_by_number_keeps_the_rest_and_fails() {
 fn views_reads_the_store_named_by_the_configuration() {
     let dir = temp_dir("views");
     let db = dir.join("views.db");
-    let mut store = ViewStore::open(&db, "sampling-events").unwrap();
+    let mut store = SqliteStore::open(&db, "sampling-events").unwrap();
     let claim = store.claim(0).unwrap();
     let day = Day::parse("2022-04-09").unwrap();
     let row = ViewRow::CityDaily(CityDaily {

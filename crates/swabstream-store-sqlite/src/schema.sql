@@ -5,7 +5,9 @@
 -- (so a rewrite is idempotent); the views of the same names without `_part`
 -- sum them into the city's views (SPEC §4). `checkpoint` holds, per partition,
 -- the offset the rows reflect, the owner's epoch (a worker that lost the
--- partition can no longer write), and a snapshot of the partition's state.
+-- partition can no longer write), and the manifest of the partition's state
+-- snapshot, whose chunks are in `snapshot_chunk`. `meta` records the schema
+-- version, the topic and its partition count.
 
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -14,12 +16,28 @@ CREATE TABLE IF NOT EXISTS meta (
 
 CREATE TABLE IF NOT EXISTS checkpoint (
     partition       INTEGER PRIMARY KEY,
-    next_offset     INTEGER NOT NULL,
+    next_offset     INTEGER NOT NULL,      -- -1: claimed, never committed
     epoch           INTEGER NOT NULL,
+    updated_at_ms   INTEGER NOT NULL,      -- last sign of life: claim, commit or touch
+    committed_at_ms INTEGER,
+    -- The latest snapshot's manifest; its bytes are in snapshot_chunk.
     snapshot_offset INTEGER,
-    snapshot        BLOB,
-    updated_at_ms   INTEGER NOT NULL
+    snapshot_chunks INTEGER,
+    snapshot_bytes  INTEGER,
+    snapshot_crc    INTEGER,
+    snapshot_at_ms  INTEGER
 );
+
+-- Snapshots in chunks (see swabstream-store's `chunks`): a week of a city's
+-- partition is past SQLite's 1 GB value limit. Only the checkpoint's
+-- snapshot is kept; older ones are deleted in the commit that replaces it.
+CREATE TABLE IF NOT EXISTS snapshot_chunk (
+    partition       INTEGER NOT NULL,
+    snapshot_offset INTEGER NOT NULL,
+    seq             INTEGER NOT NULL,
+    bytes           BLOB NOT NULL,
+    PRIMARY KEY (partition, snapshot_offset, seq)
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS city_daily_part (
     partition INTEGER NOT NULL, day TEXT NOT NULL,

@@ -12,9 +12,29 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message};
 use swabstream_store::ViewStore;
+use swabstream_store_sqlite::SqliteStore;
 use swabstream_views::ViewSet;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_swabstream");
+/// The program under test (this package's copy of the `swabstream` binary).
+pub const BIN: &str = env!("CARGO_BIN_EXE_swabstream-e2e");
+
+/// Runs the binary with `args` and extra environment variables, as a user would.
+pub fn swabstream(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the binary runs")
+}
+
+/// A fresh directory for one test.
+pub fn temp_dir(kind: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("swabstream-{kind}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
 
 /// A test's directory, configuration file and names.
 pub struct Env {
@@ -28,10 +48,7 @@ pub struct Env {
 impl Env {
     /// A fresh directory and a configuration pointing at `broker`.
     pub fn new(name: &str, broker: &str, partitions: i32) -> Env {
-        let dir =
-            std::env::temp_dir().join(format!("swabstream-e2e-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("e2e", name);
         let env = Env {
             config: dir.join("swabstream.toml"),
             dir,
@@ -123,12 +140,12 @@ orphan_after = "10s"
 
     /// The views in the store.
     pub fn views(&self) -> ViewSet {
-        ViewStore::open_existing(&self.store_path(), &self.topic).unwrap().views().unwrap()
+        SqliteStore::open_existing(&self.store_path(), &self.topic).unwrap().views().unwrap()
     }
 
     /// The store's offsets, summed over partitions.
     pub fn stored_offsets(&self) -> i64 {
-        match ViewStore::open_existing(&self.store_path(), &self.topic) {
+        match SqliteStore::open_existing(&self.store_path(), &self.topic) {
             Ok(s) => s.offsets().unwrap().iter().map(|(_, o)| o).sum(),
             Err(_) => 0,
         }

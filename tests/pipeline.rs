@@ -71,8 +71,10 @@ fn publish_run_views_equal_truth_and_replay_equals_live() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
     assert!(text.contains("the rebuilt views equal the live views"), "{text}");
-    let replayed =
-        swabstream_store::ViewStore::open_existing(&out, &env.topic).unwrap().views().unwrap();
+    let replayed = swabstream_store_sqlite::SqliteStore::open_existing(&out, &env.topic)
+        .unwrap()
+        .views()
+        .unwrap();
     assert_eq!(replayed, env.views());
 
     // A replay from an offset covers less of the log, and says so.

@@ -1,9 +1,12 @@
-//! The embedded store against a real SQLite file per test.
+//! The embedded store against a real SQLite file per test: the shared
+//! behaviour suite every view store runs, then what is SQLite's own.
 
 use std::path::PathBuf;
 
 use swabstream_events::Day;
+use swabstream_store::suite::Opener;
 use swabstream_store::{StoreError, ViewStore};
+use swabstream_store_sqlite::SqliteStore;
 use swabstream_views::{CityDaily, DistrictDaily, SiteHourly, ViewRow, ViewSet};
 
 fn temp_db(name: &str) -> PathBuf {
@@ -12,6 +15,15 @@ fn temp_db(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir.join("views.db")
 }
+
+/// A fresh store file per case; each call of the opener is another
+/// connection to it, as another worker's would be.
+fn fresh(name: &str) -> Opener {
+    let path = temp_db(&format!("suite-{name}"));
+    Box::new(move || Box::new(SqliteStore::open(&path, "sampling-events").unwrap()))
+}
+
+swabstream_store::behaviour_suite!(fresh);
 
 fn day() -> Day {
     Day::parse("2022-04-09").unwrap()
@@ -28,9 +40,9 @@ fn city(people: u64, code: u64) -> ViewRow {
 }
 
 #[test]
-fn partial_rows_of_partitions_sum_into_views() {
+fn the_sum_is_what_an_sql_shell_sees() {
     let path = temp_db("sum");
-    let mut s = ViewStore::open(&path, "sampling-events").unwrap();
+    let mut s = SqliteStore::open(&path, "sampling-events").unwrap();
     let e0 = s.claim(0).unwrap();
     let e1 = s.claim(1).unwrap();
     assert_eq!(e0.checkpoint, None);
@@ -86,43 +98,9 @@ fn partial_rows_of_partitions_sum_into_views() {
 }
 
 #[test]
-fn a_worker_that_lost_its_partition_cannot_write() {
-    let path = temp_db("fence");
-    let mut s = ViewStore::open(&path, "t").unwrap();
-    let old = s.claim(3).unwrap();
-    s.commit(3, old.epoch, &[city(1, 1)], 7, Some(b"state at 7")).unwrap();
-    // Another worker (another connection to the same file) takes the partition over.
-    let mut other = ViewStore::open(&path, "t").unwrap();
-    let new = other.claim(3).unwrap();
-    assert!(new.epoch > old.epoch);
-    let cp = new.checkpoint.unwrap();
-    assert_eq!(cp.next_offset, 7);
-    assert_eq!(cp.snapshot.unwrap().bytes, b"state at 7");
-    let err = s.commit(3, old.epoch, &[city(9, 9)], 8, None).unwrap_err();
-    assert!(matches!(err, StoreError::Fenced { partition: 3, .. }), "{err}");
-    // The refused commit left nothing behind.
-    assert_eq!(other.views().unwrap().city(day()).unwrap().people_sampled, 1);
-    other.commit(3, new.epoch, &[city(2, 1)], 9, None).unwrap();
-    // A commit without a snapshot keeps the last snapshot.
-    let cp = other.checkpoint(3).unwrap().unwrap();
-    assert_eq!((cp.next_offset, cp.snapshot.unwrap().next_offset), (9, 7));
-}
-
-#[test]
-fn checkpoints_never_move_backwards() {
-    let path = temp_db("regress");
-    let mut s = ViewStore::open(&path, "t").unwrap();
-    let c = s.claim(0).unwrap();
-    s.commit(0, c.epoch, &[], 100, None).unwrap();
-    let err = s.commit(0, c.epoch, &[city(1, 1)], 99, None).unwrap_err();
-    assert!(matches!(err, StoreError::Regress { stored: 100, offered: 99, .. }), "{err}");
-    assert_eq!(s.views().unwrap(), ViewSet::default());
-}
-
-#[test]
 fn reading_a_missing_store_says_so_and_creates_nothing() {
     let path = temp_db("missing");
-    let err = ViewStore::open_existing(&path, "t").unwrap_err();
+    let err = SqliteStore::open_existing(&path, "t").unwrap_err();
     assert!(err.to_string().starts_with("no view store at "), "{err}");
     assert!(!path.exists());
 }
@@ -130,56 +108,19 @@ fn reading_a_missing_store_says_so_and_creates_nothing() {
 #[test]
 fn a_store_belongs_to_one_topic() {
     let path = temp_db("topic");
-    drop(ViewStore::open(&path, "sampling-events").unwrap());
-    let err = ViewStore::open(&path, "other-topic").unwrap_err();
+    drop(SqliteStore::open(&path, "sampling-events").unwrap());
+    let err = SqliteStore::open(&path, "other-topic").unwrap_err();
     assert!(err.to_string().contains("holds views of topic `sampling-events`"), "{err}");
-}
-
-#[test]
-fn a_simulated_day_committed_batch_by_batch_reads_back_as_its_truth() {
-    use swabstream_core::{CoreConfig, PartitionState, Record};
-    use swabstream_events::avro::Codec;
-    use swabstream_sim::{SimConfig, simulate};
-
-    let cfg = SimConfig { people: 3_000, seed: 5, ..SimConfig::default() };
-    let sim = simulate(&cfg);
-    let ts = cfg.day.start().plus_secs(2 * 86_400);
-    let mut partitions: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 3];
-    for e in &sim.events {
-        let mut b = Vec::new();
-        Codec::shared().encode(e, &mut b);
-        partitions[usize::from(e.person_ref.0[1]) % 3].push(b);
-    }
-    let path = temp_db("simday");
-    let mut store = ViewStore::open(&path, "sampling-events").unwrap();
-    for (p, payloads) in partitions.iter().enumerate() {
-        let p = p as i32;
-        let claim = store.claim(p).unwrap();
-        let mut state = PartitionState::new(CoreConfig::default());
-        let records: Vec<Record<'_>> = payloads
-            .iter()
-            .enumerate()
-            .map(|(i, b)| Record { offset: i as i64, timestamp: ts, payload: Some(b) })
-            .collect();
-        for (n, batch) in records.chunks(97).enumerate() {
-            state.apply_batch(batch, &mut Vec::new());
-            let snapshot = (n % 5 == 0).then(|| state.snapshot());
-            let next = state.next_offset().unwrap();
-            store.commit(p, claim.epoch, &state.take_changes(), next, snapshot.as_deref()).unwrap();
-        }
-    }
-    let diffs = store.views().unwrap().differences(&sim.truth);
-    assert!(diffs.is_empty(), "{diffs:#?}");
 }
 
 /// What a worker does, end to end: claim, commit rows and a large snapshot,
 /// lose the partition to another store on the same file, read views.
 fn claim_commit_fence_read(path: &std::path::Path) {
-    let mut s = ViewStore::open(path, "t").unwrap();
+    let mut s = SqliteStore::open(path, "t").unwrap();
     let old = s.claim(0).unwrap();
     let snapshot: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
     s.commit(0, old.epoch, &[city(3, 1)], 40, Some(&snapshot)).unwrap();
-    let mut other = ViewStore::open_existing(path, "t").unwrap();
+    let mut other = SqliteStore::open_existing(path, "t").unwrap();
     let new = other.claim(0).unwrap();
     let cp = new.checkpoint.unwrap();
     assert_eq!(cp.next_offset, 40);
@@ -211,27 +152,35 @@ async fn works_from_tokio_blocking_threads() {
     tokio::task::spawn_blocking(move || claim_commit_fence_read(&path)).await.unwrap();
 }
 
+fn sql(path: &std::path::Path, statement: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(async {
+        let conn = libsql::Builder::new_local(path).build().await.unwrap().connect().unwrap();
+        conn.execute_batch(statement).await.unwrap();
+    });
+}
+
 #[test]
-fn concurrent_writers_wait_for_each_other() {
-    let path = temp_db("concurrent");
-    drop(ViewStore::open(&path, "t").unwrap());
-    let workers: Vec<_> = (0..4)
-        .map(|p| {
-            let path = path.clone();
-            std::thread::spawn(move || {
-                let mut s = ViewStore::open(&path, "t").unwrap();
-                let c = s.claim(p).unwrap();
-                for n in 1..=50 {
-                    let snapshot = vec![p as u8; 64 << 10];
-                    s.commit(p, c.epoch, &[city(n, 0)], n as i64, Some(&snapshot)).unwrap();
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join().unwrap();
-    }
-    let s = ViewStore::open_existing(&path, "t").unwrap();
-    assert_eq!(s.offsets().unwrap(), vec![(0, 50), (1, 50), (2, 50), (3, 50)]);
-    assert_eq!(s.views().unwrap().city(day()).unwrap().people_sampled, 200);
+fn a_store_of_another_schema_version_is_refused_by_name() {
+    let path = temp_db("version");
+    drop(SqliteStore::open(&path, "t").unwrap());
+    sql(&path, "UPDATE meta SET value = '1' WHERE key = 'schema_version'");
+    let err = SqliteStore::open(&path, "t").unwrap_err();
+    assert!(matches!(err, StoreError::SchemaVersion { .. }), "{err}");
+    assert!(err.to_string().contains("schema version 1") && err.to_string().contains("replay"));
+}
+
+#[test]
+fn a_damaged_snapshot_is_refused_not_restored() {
+    let path = temp_db("damaged");
+    let mut s = SqliteStore::open(&path, "t").unwrap();
+    let c = s.claim(0).unwrap();
+    let snapshot: Vec<u8> = (0..(9 << 20)).map(|i: u32| (i % 7) as u8).collect();
+    s.commit(0, c.epoch, &[city(1, 1)], 5, Some(&snapshot)).unwrap();
+    sql(&path, "DELETE FROM snapshot_chunk WHERE seq = 1");
+    let err = s.checkpoint(0).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    assert!(err.to_string().contains("snapshot at offset 5"), "{err}");
+    // The rows and the offset are still there for readers.
+    assert_eq!(s.offsets().unwrap(), vec![(0, 5)]);
 }
