@@ -12,6 +12,7 @@ use common::{Broker, Env, assert_views_equal, end_offsets, read_topic, wait_unti
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use swabstream_events::Timestamp;
+use swabstream_store::ViewStore as _;
 use swabstream_views::ViewSet;
 
 /// Splits a JSON-lines file into two at line `at`.

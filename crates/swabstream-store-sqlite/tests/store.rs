@@ -7,7 +7,7 @@ use swabstream_events::Day;
 use swabstream_store::suite::Opener;
 use swabstream_store::{StoreError, ViewStore};
 use swabstream_store_sqlite::SqliteStore;
-use swabstream_views::{CityDaily, DistrictDaily, SiteHourly, ViewRow, ViewSet};
+use swabstream_views::{CityDaily, DistrictDaily, SiteHourly, ViewRow};
 
 fn temp_db(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("swabstream-store-{}-{name}", std::process::id()));

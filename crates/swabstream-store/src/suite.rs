@@ -38,14 +38,15 @@ macro_rules! behaviour_suite {
             a_simulated_day_committed_batch_by_batch_reads_back_as_its_truth,
         );
     };
-    (@cases [$(#[$attr:meta])*] $fresh:path; $($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            $(#[$attr])*
-            fn $case() {
-                $crate::suite::$case(&$fresh(stringify!($case)));
-            }
-        )*
+    (@cases $attrs:tt $fresh:path; $($case:ident),* $(,)?) => {
+        $( $crate::behaviour_suite!(@one $attrs $fresh; $case); )*
+    };
+    (@one [$(#[$attr:meta])*] $fresh:path; $case:ident) => {
+        #[test]
+        $(#[$attr])*
+        fn $case() {
+            $crate::suite::$case(&$fresh(stringify!($case)));
+        }
     };
 }
 

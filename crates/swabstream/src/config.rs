@@ -335,7 +335,7 @@ impl Config {
             (Some(_), Some(_)) => {
                 anyhow::bail!("set pseudonym.key or pseudonym.key_file, not both")
             }
-            (Some(Secret(k)), None) => k.as_bytes().to_vec(),
+            (Some(k), None) => k.expose().as_bytes().to_vec(),
             (None, Some(f)) => {
                 let mut b = std::fs::read(f)
                     .with_context(|| format!("reading pseudonym.key_file {}", f.display()))?;
