@@ -24,8 +24,11 @@ use swabstream_events::{
 /// 10000-01-01T00:00:00Z, the instant of the report.
 const YEAR_10000: i64 = 253_402_300_800_000_000;
 
+/// Puts an instant into one field of an event.
+type SetInstant = fn(&mut Event<'static>, Timestamp);
+
 /// The instant fields of the model, and how to set each on an event.
-const FIELDS: &[(&str, fn(&mut Event<'static>, Timestamp))] = &[
+const FIELDS: &[(&str, SetInstant)] = &[
     ("occurred_at", |e, t| e.occurred_at = t),
     ("expires_at", |e, t| {
         e.body = Body::CodeIssued(CodeIssued {
