@@ -38,10 +38,21 @@ impl Default for CoreConfig {
 #[derive(Clone, Copy, Debug)]
 pub struct Record<'a> {
     pub offset: i64,
-    /// The record's timestamp (CreateTime or LogAppendTime).
+    /// The record's timestamp (CreateTime or LogAppendTime), or
+    /// [`Record::NO_TIMESTAMP`]. One outside [`Timestamp::MIN`]..=[`Timestamp::MAX`]
+    /// (none included) makes the record `MALFORMED`: see [`PartitionState::apply`].
     pub timestamp: Timestamp,
     /// The record's value; `None` for a record without one (a tombstone).
     pub payload: Option<&'a [u8]>,
+}
+
+impl Record<'_> {
+    /// The timestamp of a record Kafka gave none (-1: a producer of the
+    /// pre-0.10 message format). Out of range, so the record is `MALFORMED`:
+    /// `IN_FUTURE` is judged against the record timestamp, and substituting
+    /// the clock of the moment it is applied would make a replay differ from
+    /// the live run. From the DLQ, `dlq redrive` gives it a timestamp.
+    pub const NO_TIMESTAMP: Timestamp = Timestamp(i64::MIN);
 }
 
 /// The state of one partition: what it must remember to apply the next record,
@@ -113,6 +124,14 @@ impl PartitionState {
 
     /// Applies one record: decodes it, then applies the event, or sends the
     /// record to `dlq` as `MALFORMED`.
+    ///
+    /// Rule 1 (SPEC §3.1) also holds the record timestamp to years 0001–9999:
+    /// one outside them, or none ([`Record::NO_TIMESTAMP`]), makes the record
+    /// `MALFORMED` with a detail naming the record timestamp. A malformed record
+    /// counts on the local day of its record timestamp; without a usable one, on
+    /// the day of its event's `occurred_at` if the value decodes, else on the
+    /// day of the partition's watermark, else on 1970-01-01. All of these are
+    /// functions of the log, never of the clock, so a replay counts the same.
     pub fn apply(&mut self, record: Record<'_>, dlq: &mut Vec<DlqRecord>) -> Outcome {
         let prepared = self.prepare(&record);
         self.apply_prepared(&record, prepared, dlq)
@@ -131,8 +150,16 @@ impl PartitionState {
         if self.is_applied(offset) {
             return self.finish(offset, Outcome::Skipped);
         }
+        // The decoders hold every instant to SPEC §3.1's range; an event made
+        // some other way is held to it here, so that no view gets a day its
+        // store cannot read back. Its occurred_at may be the bad instant, so
+        // the day does not come from it.
+        if let Err(e) = event.check_instants() {
+            let day = self.malformed_day(record_ts, None);
+            return self.malformed(offset, day, payload, &e.to_string(), dlq);
+        }
         let keys = Keys::of(event);
-        self.apply_keyed(offset, record_ts, event, &keys, payload, dlq)
+        self.apply_decoded(offset, record_ts, event, &keys, payload, dlq)
     }
 
     /// Applies records in order and returns what they produced; the rows
@@ -185,13 +212,18 @@ impl PartitionState {
         if self.is_applied(record.offset) {
             return self.finish(record.offset, Outcome::Skipped);
         }
+        let (offset, ts) = (record.offset, record.timestamp);
         match prepared {
             Prepared::Malformed(None) => {
-                self.malformed(record, payload, "the record has no value", dlq)
+                let day = self.malformed_day(ts, None);
+                self.malformed(offset, day, payload, "the record has no value", dlq)
             }
-            Prepared::Malformed(Some(e)) => self.malformed(record, payload, &e.to_string(), dlq),
+            Prepared::Malformed(Some(e)) => {
+                let day = self.malformed_day(ts, None);
+                self.malformed(offset, day, payload, &e.to_string(), dlq)
+            }
             Prepared::Event(event, keys) => {
-                self.apply_keyed(record.offset, record.timestamp, &event, &keys, payload, dlq)
+                self.apply_decoded(offset, ts, &event, &keys, payload, dlq)
             }
         }
     }
@@ -204,6 +236,23 @@ impl PartitionState {
         if let Some(pd) = keys.person_day {
             self.person_days.prefetch(&pd);
         }
+    }
+
+    /// Rule 1's check of the record timestamp, then the rules of the event.
+    fn apply_decoded(
+        &mut self,
+        offset: i64,
+        record_ts: Timestamp,
+        event: &Event<'_>,
+        keys: &Keys,
+        payload: &[u8],
+        dlq: &mut Vec<DlqRecord>,
+    ) -> Outcome {
+        if !record_ts.is_in_range() {
+            let day = self.malformed_day(record_ts, Some(event.occurred_at));
+            return self.malformed(offset, day, payload, &record_timestamp_problem(record_ts), dlq);
+        }
+        self.apply_keyed(offset, record_ts, event, keys, payload, dlq)
     }
 
     fn apply_keyed(
@@ -309,20 +358,36 @@ impl PartitionState {
 
     fn malformed(
         &mut self,
-        record: &Record<'_>,
+        offset: i64,
+        day: Day,
         payload: &[u8],
         detail: &str,
         dlq: &mut Vec<DlqRecord>,
     ) -> Outcome {
-        // Rule 1: counted on the local day of the record's timestamp, city-wide only.
-        self.views.count_rejection(record.timestamp.local_day(), Reason::Malformed, None);
+        // Rule 1: counted on `day` (see `malformed_day`), city-wide only.
+        self.views.count_rejection(day, Reason::Malformed, None);
         dlq.push(DlqRecord {
-            offset: record.offset,
+            offset,
             reason: Reason::Malformed,
             detail: detail.to_owned(),
             payload: payload.to_vec(),
         });
-        self.finish(record.offset, Outcome::Rejected(Reason::Malformed))
+        self.finish(offset, Outcome::Rejected(Reason::Malformed))
+    }
+
+    /// The day a malformed record counts on (SPEC §3.1, §4): the local day of
+    /// its record timestamp. Without a usable one (none, or out of range; its
+    /// day might not even be a `YYYY-MM-DD`), a deterministic stand-in: the day
+    /// of the event's `occurred_at` if it decoded, else that of the watermark,
+    /// where the partition's accepted events are, else 1970-01-01 for a
+    /// partition that accepted none yet. Every candidate is in range, so the
+    /// day always reads back from the view store.
+    fn malformed_day(&self, record_ts: Timestamp, occurred_at: Option<Timestamp>) -> Day {
+        [Some(record_ts), occurred_at, self.watermark]
+            .into_iter()
+            .flatten()
+            .find(|t| t.is_in_range())
+            .map_or(Day(0), Timestamp::local_day)
     }
 
     /// The first local day whose state is still kept.
@@ -457,6 +522,16 @@ impl PartitionState {
         self.ids.retain_from(i64::from(cutoff.0));
         self.person_days.retain_from(i64::from(cutoff.0));
         self.codes.retain_from(code_cutoff);
+    }
+}
+
+/// The DLQ detail of a record whose timestamp is missing or out of range.
+fn record_timestamp_problem(ts: Timestamp) -> String {
+    if ts == Record::NO_TIMESTAMP {
+        "the record timestamp is missing (Kafka gave -1), and IN_FUTURE is judged against it"
+            .to_owned()
+    } else {
+        format!("the record timestamp ({} ms) {}", ts.millis(), Timestamp::OUT_OF_RANGE)
     }
 }
 

@@ -326,12 +326,14 @@ impl Event<'_> {
     }
 
     /// Checks the rules of SPEC §2.1 that go beyond types: identifier lengths,
-    /// `expires_at` required for `PAPER`, `verification` only on `RELATIVE`.
+    /// `expires_at` required for `PAPER`, `verification` only on `RELATIVE`,
+    /// and every instant in years 0001–9999 (SPEC §3.1, see [`Self::check_instants`]).
     ///
     /// Both the JSON parser and the Avro decoder call this, so an event is
     /// malformed in the same cases whichever form it arrived in.
     pub fn check_shape(&self) -> Result<(), ShapeError> {
         check_id("event_id", &self.event_id)?;
+        self.check_instants()?;
         match &self.body {
             Body::CodeIssued(c) => {
                 check_id("code_id", &c.code_id)?;
@@ -357,6 +359,25 @@ impl Event<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Checks that `occurred_at`, `expires_at` and `identification.generated_at`
+    /// lie in [`Timestamp::MIN`]..=[`Timestamp::MAX`] (SPEC §3.1). The Avro
+    /// form carries any 64-bit count of microseconds; one outside the range
+    /// would give a view a day that its store cannot read back.
+    pub fn check_instants(&self) -> Result<(), ShapeError> {
+        let check = |field, t: Timestamp| {
+            t.check_range().map(drop).map_err(|problem| ShapeError::new(field, problem))
+        };
+        check("occurred_at", self.occurred_at)?;
+        match &self.body {
+            Body::CodeIssued(CodeIssued { expires_at: Some(t), .. }) => check("expires_at", *t),
+            Body::SampleScanned(SampleScanned {
+                identification: Identification::Code { generated_at: Some(t), .. },
+                ..
+            }) => check("identification.generated_at", *t),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -4,6 +4,14 @@
 //! `timestamp-micros` logical type); the offset a producer wrote in its RFC 3339
 //! text is presentation only and is not kept. Days and hours are those of the
 //! city, Asia/Shanghai, which has been UTC+8 without daylight saving since 1991.
+//!
+//! SPEC §3.1: an instant outside years 0001–9999 is a malformed field. The
+//! years are those of the city's calendar (UTC+8), because that is how every
+//! instant is spelled downstream: a view's day (`YYYY-MM-DD`, written to the
+//! view store and parsed back), its hour, and the RFC 3339 text of the JSON
+//! form (in `+08:00`). Within [`Timestamp::MIN`]..=[`Timestamp::MAX`] all
+//! three have a four-digit year and read back; outside it, the day of
+//! year 10000 would be written as `10000-01-01`, which no reader parses.
 
 use std::fmt;
 
@@ -21,7 +29,29 @@ const SECS_PER_DAY: i64 = 86_400;
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
-    /// From milliseconds since the epoch (Kafka record timestamps).
+    /// The first instant SPEC can name: 0001-01-01T00:00:00+08:00.
+    pub const MIN: Timestamp = Timestamp(-62_135_625_600 * MICROS_PER_SEC);
+    /// The last instant SPEC can name: 9999-12-31T23:59:59.999999+08:00.
+    pub const MAX: Timestamp = Timestamp(253_402_272_000 * MICROS_PER_SEC - 1);
+
+    /// What is wrong with an instant outside [`Self::MIN`]..=[`Self::MAX`], as a
+    /// phrase following a field name.
+    pub const OUT_OF_RANGE: &'static str = "must be an instant in years 0001–9999 of the city's \
+        calendar (0001-01-01T00:00:00+08:00 to 9999-12-31T23:59:59.999999+08:00)";
+
+    /// Whether SPEC can name this instant (SPEC §3.1: years 0001–9999): only
+    /// such instants may reach a view, so their day and hour read back.
+    pub fn is_in_range(self) -> bool {
+        (Self::MIN..=Self::MAX).contains(&self)
+    }
+
+    /// This instant if it is in range, else [`Self::OUT_OF_RANGE`].
+    pub fn check_range(self) -> Result<Self, &'static str> {
+        if self.is_in_range() { Ok(self) } else { Err(Self::OUT_OF_RANGE) }
+    }
+
+    /// From milliseconds since the epoch (Kafka record timestamps); saturating,
+    /// so an absurd value stays out of range instead of wrapping into it.
     pub fn from_millis(ms: i64) -> Self {
         Timestamp(ms.saturating_mul(1000))
     }
@@ -59,14 +89,17 @@ impl Timestamp {
     }
 
     /// Parses RFC 3339 text with an offset, e.g. `2022-04-09T08:15:00+08:00`.
-    /// Digits past the microsecond are dropped.
+    /// Digits past the microsecond are dropped. An instant outside
+    /// [`Self::MIN`]..=[`Self::MAX`] is refused, although its text may say
+    /// year 0000 or 9999 in another offset (`9999-12-31T20:00:00Z` is
+    /// 10000-01-01 in the city).
     pub fn parse_rfc3339(s: &str) -> Result<Self, &'static str> {
         let dt = time::OffsetDateTime::parse(s, &Rfc3339).map_err(
             |_| "must be an RFC 3339 timestamp with an offset, e.g. 2022-04-09T08:15:00+08:00",
         )?;
         let nanos = dt.unix_timestamp_nanos();
         let micros = nanos.div_euclid(1000);
-        i64::try_from(micros).map(Timestamp).map_err(|_| "is out of range")
+        i64::try_from(micros).map(Timestamp).map_err(|_| Self::OUT_OF_RANGE)?.check_range()
     }
 
     /// RFC 3339 text in the city's offset, e.g. `2022-04-09T08:15:00+08:00`;
@@ -204,6 +237,39 @@ mod tests {
         }
         assert!(Timestamp::parse_rfc3339("2022-04-09 08:15:00").is_err());
         assert!(Timestamp::parse_rfc3339("2022-04-09T08:15:00").is_err());
+    }
+
+    #[test]
+    fn the_range_is_years_0001_to_9999_in_the_city() {
+        assert_eq!(Timestamp::MIN.to_rfc3339(), "0001-01-01T00:00:00+08:00");
+        assert_eq!(Timestamp::MAX.to_rfc3339(), "9999-12-31T23:59:59.999999+08:00");
+        assert_eq!(Timestamp::MIN.local_day(), Day::from_civil(1, 1, 1).unwrap());
+        assert_eq!(Timestamp::MAX.local_day(), Day::from_civil(9999, 12, 31).unwrap());
+        assert_eq!(Timestamp::MIN, Day::from_civil(1, 1, 1).unwrap().start());
+        assert_eq!(Timestamp(Timestamp::MAX.0 + 1), Day::from_civil(10_000, 1, 1).unwrap().start());
+        for t in [Timestamp::MIN, Timestamp::MAX] {
+            assert!(t.is_in_range());
+            assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()), Ok(t));
+            assert_eq!(Day::parse(&t.local_day().to_string()), Some(t.local_day()));
+        }
+        // The instant of the report: year 10000 in UTC, and so in the city.
+        for t in [
+            253_402_300_800_000_000,
+            Timestamp::MAX.0 + 1,
+            Timestamp::MIN.0 - 1,
+            i64::MIN,
+            i64::MAX,
+        ] {
+            assert!(!Timestamp(t).is_in_range(), "{t}");
+            assert_eq!(Timestamp(t).check_range(), Err(Timestamp::OUT_OF_RANGE));
+        }
+        // Text the parser reads but the city's calendar cannot name.
+        for s in ["9999-12-31T16:00:00Z", "0000-12-31T15:59:59.999999Z", "0000-01-01T00:00:00Z"] {
+            assert_eq!(Timestamp::parse_rfc3339(s), Err(Timestamp::OUT_OF_RANGE), "{s}");
+        }
+        // A text saying year 0000 or 9999 in another offset, that the city can name.
+        assert_eq!(Timestamp::parse_rfc3339("0000-12-31T16:00:00Z"), Ok(Timestamp::MIN));
+        assert_eq!(Timestamp::parse_rfc3339("9999-12-31T15:59:59.999999Z"), Ok(Timestamp::MAX));
     }
 
     #[test]

@@ -513,17 +513,18 @@ fn commit_to_kafka<C: ConsumerContext>(
     }
 }
 
+/// The record's Kafka timestamp, as the core takes it. Scaling saturates, so
+/// an absurd value stays out of range (the core makes the record MALFORMED)
+/// rather than overflowing. A record without one (-1, old clients) becomes
+/// `Record::NO_TIMESTAMP`, never the clock: arrival time would make a replay
+/// judge the record differently from the live run.
 fn timestamp_of(m: &impl Message) -> Timestamp {
-    match m.timestamp().to_millis() {
-        Some(ms) => Timestamp(ms * 1000),
-        // A record without a timestamp (old clients): judge it by arrival.
-        None => now(),
-    }
+    m.timestamp().to_millis().map_or(Record::NO_TIMESTAMP, Timestamp::from_millis)
 }
 
 fn now() -> Timestamp {
     let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    Timestamp(since.as_micros() as i64)
+    Timestamp(i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
 }
 
 fn consumer_defaults(group: &str) -> Vec<(&str, &str)> {

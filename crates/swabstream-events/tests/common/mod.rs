@@ -99,15 +99,28 @@ fn event_with(
     })
 }
 
-/// Any valid event, instants over the whole `i64` range.
+/// Any valid event, instants over the whole range SPEC can name (years
+/// 0001–9999 in UTC+8, `Timestamp::MIN..=Timestamp::MAX`), edges included.
 pub fn event() -> impl Strategy<Value = Event<'static>> {
     event_with(prop_oneof![
-        any::<i64>(),
+        Timestamp::MIN.0..=Timestamp::MAX.0,
         1_500_000_000_000_000i64..1_800_000_000_000_000,
-        Just(i64::MIN),
-        Just(i64::MAX),
+        Just(Timestamp::MIN.0),
+        Just(Timestamp::MAX.0),
         Just(0),
     ])
+}
+
+/// An instant the Avro form can carry but SPEC cannot name.
+pub fn out_of_range_micros() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        i64::MIN..Timestamp::MIN.0,
+        Timestamp::MAX.0 + 1..=i64::MAX,
+        Just(Timestamp::MIN.0 - 1),
+        Just(Timestamp::MAX.0 + 1),
+        Just(i64::MIN),
+        Just(i64::MAX),
+    ]
 }
 
 /// Any valid event the JSON form can carry (years 0001–9999).
