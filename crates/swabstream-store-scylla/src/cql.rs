@@ -935,7 +935,9 @@ mod tests {
             district(d2, "310101"),
         ];
         let plan = commit_plan(2, 7, &rows, 100, None, 1_650_000_000_000).unwrap();
-        let shape: Vec<Vec<Vec<(Stmt, Vec<Value>)>>> = plan
+        // Per step, per request: each statement and its routing key.
+        type Shape = Vec<Vec<Vec<(Stmt, Vec<Value>)>>>;
+        let shape: Shape = plan
             .steps
             .iter()
             .map(|s| {
