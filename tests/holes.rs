@@ -54,7 +54,6 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-
 #[test]
 fn a_log_shorter_than_the_store_is_refused_not_skipped() {
     let broker = Broker::start("recreated");
@@ -78,10 +77,12 @@ fn a_log_shorter_than_the_store_is_refused_not_skipped() {
         assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
         std::thread::sleep(Duration::from_secs(1));
         let created = rt
-            .block_on(admin.create_topics(
-                &[NewTopic::new(&env.topic, 2, TopicReplication::Fixed(1))],
-                &opts,
-            ))
+            .block_on(
+                admin.create_topics(
+                    &[NewTopic::new(&env.topic, 2, TopicReplication::Fixed(1))],
+                    &opts,
+                ),
+            )
             .unwrap();
         assert!(created.iter().all(Result::is_ok), "{created:?}");
     }
@@ -102,10 +103,11 @@ fn a_log_shorter_than_the_store_is_refused_not_skipped() {
     assert_views_equal(&env.views(), &truth, "views after the refusal (unchanged)");
     // Nothing of the new log was taken for counted: the DLQ lost nothing
     // either, since nothing was consumed.
-    let offsets = swabstream_store_sqlite::SqliteStore::open_existing(&env.store_path(), &env.topic)
-        .unwrap()
-        .offsets()
-        .unwrap();
+    let offsets =
+        swabstream_store_sqlite::SqliteStore::open_existing(&env.store_path(), &env.topic)
+            .unwrap()
+            .offsets()
+            .unwrap();
     assert!(offsets.iter().all(|(_, o)| *o > 20), "checkpoints left as they were: {offsets:?}");
 }
 
@@ -186,8 +188,8 @@ fn an_unreadable_snapshot_is_rebuilt_from_the_log_start() {
     env.publish(&first);
     let o = env.run(&["run", "--until-caught-up"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let store = swabstream_store_sqlite::SqliteStore::open_existing(&env.store_path(), &env.topic)
-        .unwrap();
+    let store =
+        swabstream_store_sqlite::SqliteStore::open_existing(&env.store_path(), &env.topic).unwrap();
     let before = store.partitions().unwrap();
     assert!(before.iter().all(|p| p.snapshot_offset.is_some()), "{before:?}");
     drop(store);
