@@ -112,7 +112,8 @@ fn main() -> anyhow::Result<()> {
     // restores its snapshot) and finds nothing left to replay.
     let mut opts2 = opts.clone();
     opts2.group_id = "bench-worker-2".to_owned();
-    let r2 = worker::run(&cluster, &opts2, Arc::new(AtomicBool::new(false)))?;
+    let store = swabstream_store_sqlite::SqliteStore::open(&dir.join("views.db"), topic)?;
+    let r2 = worker::run(&cluster, &opts2, Box::new(store), Arc::new(AtomicBool::new(false)))?;
     println!(
         "recovery: {} claims restored in {:.1} ms in all ({:.1} ms per partition); state rebuilt from a snapshot replays at the end-to-end rate above",
         r2.claims,

@@ -522,7 +522,7 @@ fn dlq_record(partition: i32, d: &DlqRecord, limit: usize) -> (&[u8], OwnedHeade
     }
     let mut headers = OwnedHeaders::new_with_capacity(h.len());
     for (k, v) in &h {
-        headers = headers.insert(Header { key: *k, value: Some(v.as_str()) });
+        headers = headers.insert(Header { key: k, value: Some(v.as_str()) });
     }
     (value, headers)
 }
