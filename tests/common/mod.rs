@@ -16,11 +16,17 @@ use swabstream_store_sqlite::SqliteStore;
 use swabstream_views::ViewSet;
 
 /// The program under test (this package's copy of the `swabstream` binary).
-pub const BIN: &str = env!("CARGO_BIN_EXE_swabstream-e2e");
+/// `E2E_SWABSTREAM_BIN` names another copy (not `SWABSTREAM_*`: the binary
+/// reads those as its settings): in a target directory shared by
+/// several worktrees, every build of this package overwrites the one cargo names.
+pub static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("E2E_SWABSTREAM_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_swabstream-e2e").to_owned())
+});
 
 /// Runs the binary with `args` and extra environment variables, as a user would.
 pub fn swabstream(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(&*BIN);
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
@@ -92,7 +98,7 @@ orphan_after = "10s"
 
     /// The binary with this test's configuration.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
+        let mut c = Command::new(&*BIN);
         c.arg("--config").arg(&self.config).args(args).env("RUST_LOG", "info");
         c
     }
@@ -104,7 +110,7 @@ orphan_after = "10s"
     /// A simulated day of `people` as events.jsonl and its truth.
     pub fn simulate(&self, people: u64, seed: u64) -> (PathBuf, ViewSet) {
         let out = self.dir.join("sim");
-        let o = Command::new(BIN)
+        let o = Command::new(&*BIN)
             .args(["simulate", "--people", &people.to_string(), "--seed", &seed.to_string()])
             .arg("--out")
             .arg(&out)
@@ -181,7 +187,7 @@ impl Broker {
     }
 
     fn spawn(&mut self, port: u16) {
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(&*BIN)
             .arg("broker")
             .env("SWABSTREAM_DATA_DIR", &self.dir)
             .env("SWABSTREAM_KAFKA__EMBEDDED_PORT", port.to_string())

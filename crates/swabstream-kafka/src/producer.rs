@@ -21,7 +21,7 @@ use crate::Cluster;
 pub struct Delivery {
     acked: AtomicU64,
     failed: AtomicU64,
-    first_error: Mutex<Option<String>>,
+    first_error: Mutex<Option<(Option<RDKafkaErrorCode>, String)>>,
 }
 
 impl Delivery {
@@ -35,7 +35,21 @@ impl Delivery {
 
     /// The first delivery error seen, if any.
     pub fn first_error(&self) -> Option<String> {
-        self.first_error.lock().map(|e| e.clone()).unwrap_or(None)
+        self.first_error.lock().map(|e| e.as_ref().map(|(_, m)| m.clone())).unwrap_or(None)
+    }
+
+    /// The error code of the first delivery error seen, if it had one.
+    pub fn first_error_code(&self) -> Option<RDKafkaErrorCode> {
+        self.first_error.lock().map(|e| e.as_ref().and_then(|(c, _)| *c)).unwrap_or(None)
+    }
+
+    /// Starts counting afresh (before sending a batch again).
+    pub fn reset(&self) {
+        self.acked.store(0, Ordering::Relaxed);
+        self.failed.store(0, Ordering::Relaxed);
+        if let Ok(mut first) = self.first_error.lock() {
+            *first = None;
+        }
     }
 }
 
@@ -60,12 +74,15 @@ impl ProducerContext for Delivery {
             Err((e, _)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut first) = self.first_error.lock() {
-                    first.get_or_insert_with(|| e.to_string());
+                    first.get_or_insert_with(|| (e.rdkafka_error_code(), e.to_string()));
                 }
             }
         }
     }
 }
+
+/// librdkafka's default `message.max.bytes`.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
 /// Why waiting for acknowledgements ended without all of them.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +100,8 @@ pub enum WaitError {
 pub struct Publisher {
     producer: BaseProducer<Delivery>,
     sent: u64,
+    cluster: Cluster,
+    max_message_bytes: usize,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -93,6 +112,21 @@ impl std::fmt::Debug for Publisher {
 
 impl Publisher {
     pub fn new(cluster: &Cluster) -> anyhow::Result<Publisher> {
+        let producer = Self::create(cluster)?;
+        let configured = cluster
+            .producer
+            .get("message.max.bytes")
+            .or_else(|| cluster.client.get("message.max.bytes"))
+            .and_then(|v| v.trim().parse().ok());
+        Ok(Publisher {
+            producer,
+            sent: 0,
+            cluster: cluster.clone(),
+            max_message_bytes: configured.unwrap_or(DEFAULT_MESSAGE_MAX_BYTES),
+        })
+    }
+
+    fn create(cluster: &Cluster) -> anyhow::Result<BaseProducer<Delivery>> {
         let producer = cluster
             .producer_config(&[
                 ("linger.ms", "5"),
@@ -102,7 +136,35 @@ impl Publisher {
                 ("delivery.timeout.ms", "600000"),
             ])
             .create_with_context(Delivery::default())?;
-        Ok(Publisher { producer, sent: 0 })
+        Ok(producer)
+    }
+
+    /// The largest record this producer sends (its `message.max.bytes`:
+    /// the configured one, or librdkafka's default), key and headers included.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// The error that made the idempotent producer unusable, if one did
+    /// (librdkafka then fails every record; only a new producer helps).
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer.client().fatal_error().map(|(code, msg)| format!("{code:?}: {msg}"))
+    }
+
+    /// Replaces the producer with a new one (after a fatal error); what the
+    /// old one had not delivered is dropped with it, for the caller to send again.
+    pub fn renew(&mut self) -> anyhow::Result<()> {
+        let old = std::mem::replace(&mut self.producer, Self::create(&self.cluster)?);
+        crate::drop_in_background(old);
+        Ok(())
+    }
+
+    /// Serves deliveries until nothing is in flight, for at most `limit`.
+    pub fn settle(&self, limit: Duration) {
+        let started = Instant::now();
+        while self.producer.in_flight_count() > 0 && started.elapsed() < limit {
+            let _ = self.producer.flush(Duration::from_millis(200));
+        }
     }
 
     /// Queues one record; when librdkafka's queue is full, serves
@@ -114,6 +176,18 @@ impl Publisher {
         payload: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> anyhow::Result<()> {
+        self.try_send(topic, key, payload, headers)
+            .map_err(|e| anyhow::anyhow!("cannot queue a record for `{topic}`: {e}"))
+    }
+
+    /// Like [`Self::send`], with librdkafka's error as it is.
+    pub fn try_send(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), KafkaError> {
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
         if let Some(k) = key {
             record = record.key(k);
@@ -128,7 +202,7 @@ impl Publisher {
                     record = r;
                     self.producer.poll(Duration::from_millis(20));
                 }
-                Err((e, _)) => anyhow::bail!("cannot queue a record for `{topic}`: {e}"),
+                Err((e, _)) => return Err(e),
             }
         }
         self.sent += 1;

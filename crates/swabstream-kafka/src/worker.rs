@@ -35,7 +35,7 @@ use swabstream_events::{Reason, Timestamp};
 use swabstream_pipeline::{Committed, PartitionRunner, PipelineError, Resume};
 use swabstream_store::{StoreError, ViewStore};
 
-use crate::{Cluster, Publisher, Quiet, Role, drop_in_background};
+use crate::{Cluster, Publisher, Quiet, Role, WaitError, drop_in_background};
 
 /// What a worker needs to know.
 #[derive(Clone, Debug)]
@@ -139,11 +139,26 @@ impl Part {
     }
 }
 
+/// A partition assigned to this worker that it claimed but does not consume:
+/// its log does not hold what the store's checkpoint needs (see
+/// [`check_log`]). It is kept alive in the store, so other workers do not
+/// take it for orphaned.
+#[derive(Debug)]
+struct Refused {
+    epoch: i64,
+    why: String,
+}
+
 /// The state the poll loop and the rebalance callbacks share.
 #[derive(Debug)]
 struct Engine {
     store: Box<dyn ViewStore>,
     parts: BTreeMap<i32, Part>,
+    refused: BTreeMap<i32, Refused>,
+    /// The last assignment (or join): the group was settled then.
+    settled_at: Instant,
+    /// A rebalance began (partitions were revoked) and no assignment came yet.
+    rebalancing_since: Option<Instant>,
     /// None when replaying: the DLQ records were produced when the log was live.
     dlq: Option<Publisher>,
     dlq_topic: String,
@@ -165,6 +180,9 @@ impl Engine {
         Engine {
             store,
             parts: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            settled_at: Instant::now(),
+            rebalancing_since: None,
             dlq,
             dlq_topic: opts.dlq_topic.clone(),
             core: opts.core,
@@ -175,24 +193,67 @@ impl Engine {
         }
     }
 
-    fn claim(&mut self, partition: i32) -> anyhow::Result<Resume> {
+    /// Claims `partition` and says where to resume, or None when the
+    /// partition is refused: `log` (its low and high watermarks; None for a
+    /// replay into a fresh store) does not hold what the store's checkpoint
+    /// needs. A snapshot that cannot be read is set aside and the state
+    /// rebuilt from the log's start, when the log still holds it.
+    fn claim(&mut self, partition: i32, log: Option<(i64, i64)>) -> anyhow::Result<Option<Resume>> {
         let started = Instant::now();
         let stop = self.stop.clone();
-        let (runner, resume) = retry_transient(
+        let (runner, resume, discarded) = retry_transient(
             &format!("claiming partition {partition}"),
             &self.store.describe(),
             &stop,
-            || PartitionRunner::claim(&mut *self.store, partition, self.core),
+            || PartitionRunner::claim_or_rebuild(&mut *self.store, partition, self.core),
         )
         .with_context(|| format!("claiming partition {partition}"))?;
         let took = started.elapsed();
         self.report.claims += 1;
         self.report.claim_time += took;
-        tracing::info!(partition, ?resume, took_ms = took.as_millis() as u64, "claimed partition");
         let snapshot_at = match resume {
             Resume::At(o) => Some(o),
             Resume::Beginning => None,
         };
+        let checkpoint = runner.checkpoint();
+        if let Some((low, high)) = log {
+            match check_log(low, high, snapshot_at, checkpoint) {
+                LogCheck::Consume => {}
+                LogCheck::FromLogStart => tracing::warn!(
+                    partition,
+                    log_start = low,
+                    "partition {partition}: the store has nothing of it and its log starts at offset {low}, not 0 (retention or deleted records): its views start with the records the log still holds"
+                ),
+                LogCheck::Refuse(why) => {
+                    let why = match &discarded {
+                        Some(d) => format!("{why} (its state must be rebuilt from the log: {d})"),
+                        None => why,
+                    };
+                    tracing::error!(
+                        partition,
+                        log_start = low,
+                        log_end = high,
+                        snapshot_offset = snapshot_at,
+                        checkpoint,
+                        "refusing partition {partition}: {why}"
+                    );
+                    metrics::gauge!("swabstream_partition_refused", "partition" => partition.to_string())
+                        .set(1.0);
+                    self.refused.insert(partition, Refused { epoch: runner.epoch(), why });
+                    return Ok(None);
+                }
+            }
+        }
+        if let Some(why) = &discarded {
+            tracing::warn!(
+                partition,
+                checkpoint,
+                "partition {partition}: {why}; rebuilding its state from the start of the log (nothing is written until it passes the checkpoint {checkpoint})"
+            );
+            metrics::counter!("swabstream_snapshots_discarded_total").increment(1);
+        }
+        self.release(partition);
+        tracing::info!(partition, ?resume, took_ms = took.as_millis() as u64, "claimed partition");
         self.parts.insert(
             partition,
             Part {
@@ -204,7 +265,16 @@ impl Engine {
                 until: None,
             },
         );
-        Ok(resume)
+        Ok(Some(resume))
+    }
+
+    /// Forgets a partition (revoked, fenced off, or claimed again).
+    fn release(&mut self, partition: i32) {
+        self.parts.remove(&partition);
+        if self.refused.remove(&partition).is_some() {
+            metrics::gauge!("swabstream_partition_refused", "partition" => partition.to_string())
+                .set(0.0);
+        }
     }
 
     fn push(&mut self, partition: i32, offset: i64, ts: Timestamp, payload: Option<&[u8]>) {
@@ -234,7 +304,7 @@ impl Engine {
     ) -> anyhow::Result<Vec<(i32, i64)>> {
         let started = Instant::now();
         let mut touched = Vec::new();
-        let mut dlq_sent = 0u64;
+        let mut batch: Vec<(i32, DlqRecord)> = Vec::new();
         for (&p, part) in self.parts.iter_mut().filter(|(p, _)| which(**p)) {
             if part.pending.is_empty() && !final_snapshot {
                 continue;
@@ -245,25 +315,21 @@ impl Engine {
             part.pending.clear();
             record_metrics(&counts, &dlq);
             self.report.counts.add(&counts);
-            if let Some(producer) = self.dlq.as_mut() {
-                for d in &dlq {
-                    producer.send(&self.dlq_topic, None, &d.payload, Some(dlq_headers(p, d)))?;
-                    dlq_sent += 1;
-                }
+            if self.dlq.is_some() {
+                batch.extend(dlq.into_iter().map(|d| (p, d)));
             }
             touched.push(p);
         }
-        if dlq_sent > 0
-            && let Some(producer) = self.dlq.as_ref()
+        if !batch.is_empty()
+            && let Some(producer) = self.dlq.as_mut()
         {
             // Step 3: nothing is committed before the DLQ holds the batch's
-            // rejected records. A broker outage waits here; a stop request
-            // leaves without committing (the next owner redoes the batch).
-            let stop = self.stop.clone();
-            producer
-                .wait(Duration::from_secs(900), || stop.load(Ordering::Relaxed))
+            // rejected records. A broker outage or a DLQ that refuses them
+            // waits here (retrying); a stop request leaves without
+            // committing (the next owner redoes the batch).
+            deliver_dlq(producer, &self.dlq_topic, &batch, &self.stop)
                 .context("waiting for the DLQ's acknowledgements")?;
-            self.report.dlq_records += dlq_sent;
+            self.report.dlq_records += batch.len() as u64;
         }
         let mut committed = Vec::new();
         for p in touched {
@@ -315,7 +381,7 @@ impl Engine {
                 Ok(Committed::Replaying { .. } | Committed::Idle) => {}
                 Err(e) if e.is_fenced() => {
                     tracing::warn!(partition = p, "another worker owns the partition now: {e}");
-                    self.parts.remove(&p);
+                    self.release(p);
                 }
                 Err(e) => return Err(e).context(format!("committing partition {p}")),
             }
@@ -327,23 +393,31 @@ impl Engine {
         Ok(committed)
     }
 
-    /// Marks this worker's partitions alive in the store.
+    /// Marks this worker's partitions alive in the store (refused ones too:
+    /// they are assigned to this worker, and no other would do better).
     fn touch(&mut self) -> anyhow::Result<()> {
-        let owned: Vec<(i32, i64)> =
-            self.parts.iter().map(|(p, part)| (*p, part.runner.epoch())).collect();
+        let owned: Vec<(i32, i64)> = self
+            .parts
+            .iter()
+            .map(|(p, part)| (*p, part.runner.epoch()))
+            .chain(self.refused.iter().map(|(p, r)| (*p, r.epoch)))
+            .collect();
         self.store.touch(&owned).context("marking partitions alive")?;
         Ok(())
     }
 
     /// Why the group looks stuck, if it does: a partition of the topic that
-    /// is not ours and whose owner showed no life for `after`, or no
-    /// partition at all for `after` since joining.
-    fn orphaned(&self, partitions: i32, after: Duration, joined: Instant) -> Option<String> {
-        if joined.elapsed() < after {
+    /// is not ours and was never claimed, or whose owner showed no life for
+    /// `after`. Having no partition is no sign of it (more workers than
+    /// partitions leave some idle), and neither is a rebalance under way;
+    /// nothing is judged until `after` has passed since the last assignment.
+    fn orphaned(&self, partitions: i32, after: Duration) -> Option<String> {
+        if self.settled_at.elapsed() < after {
             return None;
         }
-        if self.parts.is_empty() {
-            return Some(format!("no partition was assigned in {:.0?}", joined.elapsed()));
+        // A rebalance that never ends is itself a sign of a stuck group.
+        if self.rebalancing_since.is_some_and(|t| t.elapsed() < after * 3) {
+            return None;
         }
         let leases = match self.store.partitions() {
             Ok(l) => l,
@@ -353,7 +427,8 @@ impl Engine {
             }
         };
         let now = now().0 / 1000;
-        for p in (0..partitions).filter(|p| !self.parts.contains_key(p)) {
+        let ours = |p: &i32| self.parts.contains_key(p) || self.refused.contains_key(p);
+        for p in (0..partitions).filter(|p| !ours(p)) {
             match leases.iter().find(|l| l.partition == p) {
                 None => return Some(format!("partition {p} was never claimed")),
                 Some(l) if now - l.touched_at_ms > after.as_millis() as i64 => {
@@ -368,8 +443,19 @@ impl Engine {
         None
     }
 
+    /// Every consumed partition reached its end (refused ones are not
+    /// consumed; [`run`] reports them).
     fn caught_up(&self) -> bool {
-        !self.parts.is_empty() && self.parts.values().all(Part::done)
+        (!self.parts.is_empty() || !self.refused.is_empty()) && self.parts.values().all(Part::done)
+    }
+
+    /// The refused partitions and why, for a closing error.
+    fn refusals(&self) -> String {
+        self.refused
+            .iter()
+            .map(|(p, r)| format!("partition {p}: {}", r.why))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -387,19 +473,175 @@ fn record_metrics(c: &OutcomeCounts, dlq: &[DlqRecord]) {
     }
 }
 
-/// The DLQ record's headers: why, and where the record came from. The value
-/// is the original bytes, untouched.
-fn dlq_headers(partition: i32, d: &DlqRecord) -> OwnedHeaders {
-    let partition = partition.to_string();
-    let offset = d.offset.to_string();
-    let mut h = OwnedHeaders::new()
-        .insert(Header { key: "reason", value: Some(d.reason.as_str()) })
-        .insert(Header { key: "source_partition", value: Some(&partition) })
-        .insert(Header { key: "source_offset", value: Some(&offset) });
+/// The DLQ record's headers: why, and where the record came from.
+fn dlq_headers(partition: i32, d: &DlqRecord) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("reason", d.reason.as_str().to_owned()),
+        ("source_partition", partition.to_string()),
+        ("source_offset", d.offset.to_string()),
+    ];
     if !d.detail.is_empty() {
-        h = h.insert(Header { key: "detail", value: Some(&d.detail) });
+        h.push(("detail", d.detail.clone()));
     }
     h
+}
+
+/// Room kept in a DLQ record for what librdkafka and Kafka add around the
+/// value and headers (record and batch framing).
+const DLQ_FRAMING: usize = 1024;
+/// A `detail` longer than this is cut when the record must be truncated.
+const DLQ_DETAIL_MAX: usize = 1024;
+
+fn headers_size(h: &[(&str, String)]) -> usize {
+    h.iter().map(|(k, v)| k.len() + v.len() + 10).sum()
+}
+
+/// The DLQ record of `d`: its value untouched when value and headers fit in
+/// `limit` bytes (the producer's `message.max.bytes`), else cut to fit, with
+/// headers saying so (`truncated`, `original_size`, `original_sha256` in
+/// hex), so that the record still reaches the DLQ and its partition goes on.
+fn dlq_record(partition: i32, d: &DlqRecord, limit: usize) -> (&[u8], OwnedHeaders) {
+    use sha2::Digest as _;
+    let mut h = dlq_headers(partition, d);
+    let mut value = &d.payload[..];
+    if value.len() + headers_size(&h) + DLQ_FRAMING > limit {
+        for (k, v) in &mut h {
+            if *k == "detail" && v.len() > DLQ_DETAIL_MAX {
+                let mut cut = DLQ_DETAIL_MAX;
+                while !v.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                v.truncate(cut);
+            }
+        }
+        h.push(("truncated", "true".to_owned()));
+        h.push(("original_size", value.len().to_string()));
+        h.push(("original_sha256", hex::encode(sha2::Sha256::digest(value))));
+        let keep = limit.saturating_sub(headers_size(&h) + DLQ_FRAMING).min(value.len());
+        value = &value[..keep];
+    }
+    let mut headers = OwnedHeaders::new_with_capacity(h.len());
+    for (k, v) in &h {
+        headers = headers.insert(Header { key: k, value: Some(v.as_str()) });
+    }
+    (value, headers)
+}
+
+/// Produces a batch's DLQ records and waits until Kafka acknowledged every
+/// one. A failure never ends the worker: a DLQ that refuses the records (the
+/// broker away, the topic missing, not authorised, a record too large) is
+/// said in the log every few seconds and the whole batch is sent again after
+/// a back-off (0.1 s doubling up to 5 s). Repeats in the DLQ are allowed:
+/// readers drop them by `source_partition`/`source_offset`. After a record
+/// too large for the broker, records are cut to half the size; a producer
+/// that hit a fatal error is replaced. Only `stop` ends the wait without
+/// the acknowledgements (the partition's next owner redoes the batch).
+fn deliver_dlq(
+    producer: &mut Publisher,
+    topic: &str,
+    batch: &[(i32, DlqRecord)],
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    use rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge;
+    let started = Instant::now();
+    let mut limit = producer.max_message_bytes();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        producer.delivery().reset();
+        let mut failure: Option<(String, bool)> = None;
+        for (p, d) in batch {
+            let (value, headers) = dlq_record(*p, d, limit);
+            if let Err(e) = producer.try_send(topic, None, value, Some(headers)) {
+                let too_large = e.rdkafka_error_code() == Some(MessageSizeTooLarge);
+                failure = Some((format!("cannot queue a record: {e}"), too_large));
+                break;
+            }
+        }
+        while failure.is_none() {
+            match producer.wait(Duration::from_secs(30), || stop.load(Ordering::Relaxed)) {
+                Ok(()) => return Ok(()),
+                Err(e @ WaitError::Interrupted(_)) => return Err(e.into()),
+                Err(WaitError::TimedOut(n)) => {
+                    if crate::throttled("dlq-wait") {
+                        tracing::warn!(
+                            waited_s = started.elapsed().as_secs(),
+                            "the DLQ `{topic}` has not acknowledged {n} of the batch's {} records yet (is the broker reachable?); still waiting: nothing is committed before it does",
+                            batch.len()
+                        );
+                    }
+                }
+                Err(e @ WaitError::Failed { .. }) => {
+                    let too_large =
+                        producer.delivery().first_error_code() == Some(MessageSizeTooLarge);
+                    failure = Some((e.to_string(), too_large));
+                }
+            }
+        }
+        let (error, too_large) = failure.unwrap_or_default();
+        metrics::counter!("swabstream_dlq_retries_total").increment(1);
+        // What is still in flight is delivered or failed before the batch
+        // is counted afresh.
+        producer.settle(Duration::from_secs(10));
+        if too_large {
+            limit = (limit / 2).max(4096);
+        }
+        if let Some(fatal) = producer.fatal_error() {
+            tracing::warn!("the DLQ producer failed for good ({fatal}); making a new one");
+            producer.renew().context("making a new DLQ producer")?;
+        }
+        if crate::throttled("dlq-retry") {
+            tracing::warn!(
+                waited_s = started.elapsed().as_secs(),
+                "the DLQ `{topic}` did not take the batch's {} records ({error}); sending them again in {pause:.1?}. Check that the broker is reachable, that the topic exists and that this worker may write to it; nothing is committed until it takes them",
+                batch.len()
+            );
+        }
+        let until = Instant::now() + pause;
+        while Instant::now() < until {
+            if stop.load(Ordering::Relaxed) {
+                anyhow::bail!("stopped while the DLQ refused the batch's records: {error}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// What a claimed partition's log allows, against what the store holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum LogCheck {
+    /// The log holds every record the partition needs.
+    Consume,
+    /// The store has nothing of the partition and its log does not start at
+    /// 0: legal (its views start where the log starts), worth a warning.
+    FromLogStart,
+    /// The log does not hold what the store's checkpoint needs: why, and
+    /// what to do.
+    Refuse(String),
+}
+
+/// Checks a partition's log (`low`..`high`, its watermarks) against where
+/// its state resumes (`snapshot`, the snapshot's offset; 0 without one) and
+/// the store's `checkpoint` (records below it were counted; 0 if none).
+/// Records are never skipped silently: a log that starts after the resume
+/// offset lost records the state needs; a log that ends before the
+/// checkpoint is not the log the store counted.
+fn check_log(low: i64, high: i64, snapshot: Option<i64>, checkpoint: i64) -> LogCheck {
+    if high < checkpoint {
+        return LogCheck::Refuse(format!(
+            "its log ends at offset {high}, but the view store counted its records up to offset {checkpoint}: the log is shorter than what the store holds (was the topic deleted and made again, or the broker's data wiped, while the store was kept?). It is not consumed, so no record is skipped. Point the worker at the topic and broker this store was built from, or rebuild the views from this log into a fresh store with `swabstream replay`"
+        ));
+    }
+    let resume = snapshot.unwrap_or(0);
+    if resume < low {
+        if snapshot.is_none() && checkpoint == 0 {
+            return LogCheck::FromLogStart;
+        }
+        return LogCheck::Refuse(format!(
+            "its state must be rebuilt from offset {resume} (the store counted it up to offset {checkpoint}), but its log now starts at offset {low}: records {resume}..{low} are gone (topic retention, or deleted records, while no worker read them). Skipping them would lose or miscount events, so it is not consumed. Rebuild the views from what the log still holds into a fresh store with `swabstream replay`, or point the worker at a log that still holds those records"
+        ));
+    }
+    LogCheck::Consume
 }
 
 fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
@@ -450,29 +692,43 @@ impl ConsumerContext for Ctx {
         let mut engine = lock(&self.engine);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                engine.settled_at = Instant::now();
+                engine.rebalancing_since = None;
                 let partitions: Vec<i32> =
                     tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+                // Only the partitions claimed and not refused are consumed;
+                // refused ones stay this worker's (and alive) without a fetch.
+                let mut assign = TopicPartitionList::new();
                 for p in partitions {
-                    match engine.claim(p) {
-                        Ok(resume) => {
+                    let log = match watermarks(consumer, &self.topic, p) {
+                        Ok(w) => w,
+                        Err(e) => {
+                            engine.fatal.get_or_insert(e);
+                            continue;
+                        }
+                    };
+                    match engine.claim(p, Some(log)) {
+                        Ok(Some(resume)) => {
                             let offset = match resume {
                                 Resume::Beginning => Offset::Beginning,
                                 Resume::At(o) => Offset::Offset(o),
                             };
-                            let _ = tpl.set_partition_offset(&self.topic, p, offset);
+                            let _ = assign.add_partition_offset(&self.topic, p, offset);
                         }
+                        Ok(None) => {}
                         Err(e) => {
                             engine.fatal.get_or_insert(e);
                         }
                     }
                 }
-                if let Err(e) = consumer.assign(tpl) {
+                if let Err(e) = consumer.assign(&assign) {
                     engine.fatal.get_or_insert(anyhow::anyhow!("assigning partitions: {e}"));
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked: Vec<i32> =
                     tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+                engine.rebalancing_since = Some(Instant::now());
                 tracing::info!(?revoked, "partitions revoked: committing what is pending");
                 match engine.flush(|p| revoked.contains(&p), true) {
                     Ok(offsets) => commit_to_kafka(consumer, &self.topic, &offsets),
@@ -480,15 +736,49 @@ impl ConsumerContext for Ctx {
                     // not committed.
                     Err(e) => tracing::warn!("could not commit revoked partitions: {e:#}"),
                 }
-                for p in revoked {
-                    engine.parts.remove(&p);
+                // Eager rebalancing revokes everything; refused partitions
+                // were never handed to the consumer, so they may be missing
+                // from `revoked`.
+                let refused: Vec<i32> = engine.refused.keys().copied().collect();
+                for p in revoked.into_iter().chain(refused) {
+                    engine.release(p);
                 }
                 let _ = consumer.unassign();
             }
             other => {
                 tracing::error!(error = ?other, "rebalance failed; giving up all partitions");
                 engine.parts.clear();
+                for p in std::mem::take(&mut engine.refused).into_keys() {
+                    metrics::gauge!("swabstream_partition_refused", "partition" => p.to_string())
+                        .set(0.0);
+                }
                 let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// A partition's low and high watermarks, asking the cluster (three tries:
+/// the claim cannot be judged without them).
+fn watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> anyhow::Result<(i64, i64)> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok(w) => return Ok(w),
+            Err(e) if tries < 3 => {
+                tracing::warn!(
+                    "reading the watermarks of partition {partition} (try {tries} of 3): {e}"
+                );
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(e).context(format!(
+                    "reading the start and end of partition {partition}, needed to check its log against the store"
+                )));
             }
         }
     }
@@ -648,8 +938,8 @@ pub fn run(
         .create_with_context(ctx)?;
     consumer.subscribe(&[&opts.topic])?;
     tracing::info!(topic = %opts.topic, group = %opts.group_id, "worker started");
-    let mut joined = Instant::now();
     let mut touched = Instant::now();
+    let mut reminded = Instant::now();
     let result = loop {
         if stop.load(Ordering::Relaxed) {
             break Ok(());
@@ -664,8 +954,19 @@ pub fn run(
             Err(err) => break Err(err),
         }
         if opts.until_caught_up && e.caught_up() {
+            if !e.refused.is_empty() {
+                break Err(anyhow::anyhow!(
+                    "refused {} of the assigned partitions, whose logs do not hold what the view store counted: {}",
+                    e.refused.len(),
+                    e.refusals()
+                ));
+            }
             tracing::info!("every assigned partition reached the end of the log");
             break Ok(());
+        }
+        if !e.refused.is_empty() && reminded.elapsed() >= Duration::from_secs(60) {
+            reminded = Instant::now();
+            tracing::error!("still refusing to consume: {}", e.refusals());
         }
         if touched.elapsed() >= Duration::from_secs(1) {
             touched = Instant::now();
@@ -677,14 +978,14 @@ pub fn run(
             // a live owner is seen, and a rejoin makes the coordinator expire
             // the dead member and hand it out again. (tansu 0.6 was seen to
             // leave a killed member's partitions unassigned indefinitely.)
-            if let Some(why) = e.orphaned(partitions, opts.orphan_after, joined) {
+            if let Some(why) = e.orphaned(partitions, opts.orphan_after) {
                 tracing::warn!("{why}: leaving and rejoining the group to force a rebalance");
                 drop(e);
                 consumer.unsubscribe();
                 if let Err(err) = consumer.subscribe(&[&opts.topic]) {
                     break Err(err.into());
                 }
-                joined = Instant::now();
+                lock(&engine).settled_at = Instant::now();
             }
         }
     };
@@ -698,6 +999,7 @@ pub fn run(
             commit_to_kafka(&consumer, &opts.topic, &offsets);
         }
         e.parts.clear();
+        e.refused.clear();
         let mut r = e.report.clone();
         r.elapsed = started.elapsed();
         r
@@ -747,7 +1049,12 @@ pub fn replay(
         ends.insert(p, high);
         let offset = match from {
             ReplayFrom::Beginning => Offset::Offset(low),
-            ReplayFrom::Offset(o) => Offset::Offset(o.clamp(low, high)),
+            // An offset the log no longer holds is refused, not moved: the
+            // views would silently miss records the operator asked for.
+            ReplayFrom::Offset(o) if o < low => anyhow::bail!(
+                "partition {p}'s log starts at offset {low}: records from offset {o} are gone (retention or deleted records). Replay from the log's start (no --from-offset), or from an offset at or after every partition's log start"
+            ),
+            ReplayFrom::Offset(o) => Offset::Offset(o.min(high)),
             ReplayFrom::Time(t) => Offset::Offset(t.0 / 1000),
         };
         start.add_partition_offset(&opts.topic, p, offset)?;
@@ -757,7 +1064,7 @@ pub fn replay(
     }
     let mut total = 0u64;
     for p in 0..partitions {
-        engine.claim(p)?;
+        engine.claim(p, None)?;
         let begin = match start.find_partition(&opts.topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => o,
             // No record at or after the time: nothing to replay there.
@@ -797,4 +1104,95 @@ pub fn replay(
     drop(e);
     drop_in_background(consumer);
     result.map(|()| (report, offsets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_holding_what_the_store_needs_is_consumed() {
+        assert_eq!(check_log(0, 0, None, 0), LogCheck::Consume, "a new topic, a new store");
+        assert_eq!(check_log(0, 500, Some(300), 400), LogCheck::Consume);
+        assert_eq!(
+            check_log(300, 500, Some(300), 500),
+            LogCheck::Consume,
+            "the log starts at the snapshot"
+        );
+        assert_eq!(check_log(0, 400, None, 400), LogCheck::Consume, "no snapshot: rebuilt from 0");
+    }
+
+    #[test]
+    fn a_store_with_nothing_of_a_partition_starts_where_its_log_starts() {
+        assert_eq!(check_log(1000, 1200, None, 0), LogCheck::FromLogStart);
+    }
+
+    #[test]
+    fn a_log_start_past_the_resume_offset_is_refused() {
+        // Retention (or DeleteRecords) removed records the state needs.
+        let LogCheck::Refuse(why) = check_log(350, 500, Some(300), 400) else { panic!() };
+        assert!(
+            why.contains("records 300..350 are gone") && why.contains("swabstream replay"),
+            "{why}"
+        );
+        // No snapshot but a checkpoint: the state is rebuilt from 0.
+        assert!(matches!(check_log(1, 500, None, 400), LogCheck::Refuse(_)));
+        // Nothing of the gap was counted either: skipping it would lose it.
+        assert!(matches!(check_log(450, 500, Some(400), 400), LogCheck::Refuse(_)));
+    }
+
+    #[test]
+    fn a_log_shorter_than_the_checkpoint_is_refused() {
+        // A recreated topic or a wiped broker.
+        let LogCheck::Refuse(why) = check_log(0, 20, Some(400), 500) else { panic!() };
+        assert!(why.contains("shorter than") && why.contains("offset 500"), "{why}");
+        assert!(matches!(check_log(0, 0, None, 10), LogCheck::Refuse(_)));
+    }
+
+    fn dlq(len: usize, detail: &str) -> DlqRecord {
+        DlqRecord {
+            offset: 7,
+            reason: Reason::Malformed,
+            detail: detail.to_owned(),
+            payload: (0..len).map(|i| i as u8).collect(),
+        }
+    }
+
+    fn headers_of(h: &OwnedHeaders) -> Vec<(String, String)> {
+        use rdkafka::message::Headers as _;
+        h.iter()
+            .map(|h| {
+                (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_dlq_record_that_fits_is_sent_as_it_is() {
+        let d = dlq(1000, "bad magic");
+        let (value, headers) = dlq_record(3, &d, 1_000_000);
+        assert_eq!(value, &d.payload[..]);
+        let h = headers_of(&headers);
+        assert!(h.iter().all(|(k, _)| k != "truncated"), "{h:?}");
+        assert!(h.contains(&("source_offset".into(), "7".into())));
+    }
+
+    #[test]
+    fn a_dlq_record_too_large_is_cut_to_fit_and_says_so() {
+        use sha2::Digest as _;
+        let d = dlq(999_950, &"x".repeat(5000));
+        let (value, headers) = dlq_record(1, &d, 1_000_000);
+        let h = headers_of(&headers);
+        let size: usize = h.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() + value.len();
+        assert!(size + 512 < 1_000_000, "{size}");
+        assert!(value.len() > 990_000 && d.payload.starts_with(value));
+        let get = |k: &str| h.iter().find(|(hk, _)| hk == k).map(|(_, v)| v.clone());
+        assert_eq!(get("truncated").as_deref(), Some("true"));
+        assert_eq!(get("original_size").as_deref(), Some("999950"));
+        assert_eq!(get("original_sha256"), Some(hex::encode(sha2::Sha256::digest(&d.payload))));
+        assert_eq!(get("detail").map(|v| v.len()), Some(DLQ_DETAIL_MAX));
+        // A limit smaller than the headers leaves the headers alone.
+        let (value, _) = dlq_record(1, &d, 100);
+        assert!(value.is_empty());
+    }
 }

@@ -117,6 +117,79 @@ impl PartitionRunner {
         Ok((runner, resume))
     }
 
+    /// Like [`Self::claim`], but a snapshot that cannot be read back (a
+    /// checksum or length mismatch in the store, a format this build does
+    /// not know) is set aside instead of failing the claim: the state starts
+    /// empty, consumption resumes at the beginning of the log, and the
+    /// store's checkpoint stays as it is, so nothing is written (and no DLQ
+    /// record produced again) until the rebuilt state passes it. The third
+    /// value says why the snapshot was set aside.
+    ///
+    /// Rebuilding needs the log from its first record: the caller checks the
+    /// log's start before consuming (the worker refuses the partition when
+    /// the log no longer starts at 0).
+    ///
+    /// A store's `claim` bumps the epoch before it reads the snapshot, so a
+    /// [`StoreError::Corrupt`] from it leaves the claim made; the epoch and
+    /// checkpoint are then read without the snapshot, through
+    /// [`ViewStore::partitions`].
+    pub fn claim_or_rebuild(
+        store: &mut dyn ViewStore,
+        partition: i32,
+        config: CoreConfig,
+    ) -> Result<(PartitionRunner, Resume, Option<String>), PipelineError> {
+        let fresh = |epoch: i64, checkpoint: i64| PartitionRunner {
+            partition,
+            epoch,
+            state: PartitionState::new(config),
+            checkpoint,
+            written: checkpoint,
+        };
+        let claim = match store.claim(partition) {
+            Ok(claim) => claim,
+            Err(StoreError::Corrupt(what)) => {
+                let status = store
+                    .partitions()?
+                    .into_iter()
+                    .find(|s| s.partition == partition)
+                    .ok_or_else(|| StoreError::Corrupt(what.clone()))?;
+                let runner = fresh(status.epoch, status.next_offset.unwrap_or(0));
+                let why = format!("the stored snapshot cannot be read back ({what})");
+                return Ok((runner, Resume::Beginning, Some(why)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let checkpoint = claim.checkpoint.as_ref().map_or(0, |c| c.next_offset);
+        match claim.checkpoint.and_then(|c| c.snapshot) {
+            Some(snap) => match PartitionState::restore(&snap.bytes, config) {
+                Ok(state) => {
+                    let runner = PartitionRunner {
+                        partition,
+                        epoch: claim.epoch,
+                        state,
+                        checkpoint,
+                        written: checkpoint,
+                    };
+                    Ok((runner, Resume::At(snap.next_offset), None))
+                }
+                Err(e) => {
+                    let why = format!(
+                        "the snapshot at offset {} cannot be restored ({e})",
+                        snap.next_offset
+                    );
+                    Ok((fresh(claim.epoch, checkpoint), Resume::Beginning, Some(why)))
+                }
+            },
+            None => Ok((fresh(claim.epoch, checkpoint), Resume::Beginning, None)),
+        }
+    }
+
+    /// The store's checkpoint when the partition was claimed (0 if none):
+    /// records below it were counted before.
+    pub fn checkpoint(&self) -> i64 {
+        self.checkpoint
+    }
+
     /// The epoch of this runner's claim.
     pub fn epoch(&self) -> i64 {
         self.epoch
@@ -198,5 +271,108 @@ impl PartitionRunner {
         self.state.clear_changes();
         self.written = next;
         Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use swabstream_events::Timestamp;
+    use swabstream_store::{Claim, PartitionStatus, StoreError, ViewStore};
+    use swabstream_store_sqlite::SqliteStore;
+    use swabstream_views::{ViewRow, ViewSet};
+
+    use super::*;
+
+    /// A store whose snapshots read back damaged: `Corrupt` from the claim
+    /// (a chunk's CRC), or bytes the core cannot restore.
+    #[derive(Debug)]
+    struct Damaged(SqliteStore, bool);
+
+    impl ViewStore for Damaged {
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        fn check_partition_count(&mut self, n: i32) -> Result<(), StoreError> {
+            self.0.check_partition_count(n)
+        }
+        fn claim(&mut self, p: i32) -> Result<Claim, StoreError> {
+            let mut claim = self.0.claim(p)?;
+            if self.1 {
+                return Err(StoreError::Corrupt("snapshot at offset 10: CRC mismatch".into()));
+            }
+            if let Some(s) = claim.checkpoint.as_mut().and_then(|c| c.snapshot.as_mut()) {
+                s.bytes = b"not a snapshot".to_vec();
+            }
+            Ok(claim)
+        }
+        fn commit(
+            &mut self,
+            p: i32,
+            epoch: i64,
+            rows: &[ViewRow],
+            next: i64,
+            snapshot: Option<&[u8]>,
+        ) -> Result<(), StoreError> {
+            self.0.commit(p, epoch, rows, next, snapshot)
+        }
+        fn touch(&mut self, owned: &[(i32, i64)]) -> Result<(), StoreError> {
+            self.0.touch(owned)
+        }
+        fn checkpoint(&self, p: i32) -> Result<Option<swabstream_store::Checkpoint>, StoreError> {
+            self.0.checkpoint(p)
+        }
+        fn partitions(&self) -> Result<Vec<PartitionStatus>, StoreError> {
+            self.0.partitions()
+        }
+        fn views(&self) -> Result<ViewSet, StoreError> {
+            self.0.views()
+        }
+        fn partition_views(&self, p: i32) -> Result<ViewSet, StoreError> {
+            self.0.partition_views(p)
+        }
+    }
+
+    fn garbage(offsets: std::ops::Range<i64>) -> Vec<Record<'static>> {
+        offsets
+            .map(|offset| Record { offset, timestamp: Timestamp(0), payload: Some(b"x") })
+            .collect()
+    }
+
+    #[test]
+    fn an_unreadable_snapshot_is_set_aside_and_the_state_rebuilt_below_the_checkpoint() {
+        for corrupt in [true, false] {
+            let dir = std::env::temp_dir()
+                .join(format!("swabstream-pipeline-{}-{corrupt}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut store = SqliteStore::open(&dir.join("views.db"), "t").unwrap();
+            let config = CoreConfig::default();
+            let (mut first, _) = PartitionRunner::claim(&mut store, 0, config).unwrap();
+            first.apply(&garbage(0..10));
+            first.commit(&mut store, true).unwrap();
+            assert!(PartitionRunner::claim(&mut Damaged(store, corrupt), 0, config).is_err());
+
+            let store = SqliteStore::open(&dir.join("views.db"), "t").unwrap();
+            let mut damaged = Damaged(store, corrupt);
+            let (mut runner, resume, why) =
+                PartitionRunner::claim_or_rebuild(&mut damaged, 0, config).unwrap();
+            assert_eq!(resume, Resume::Beginning);
+            assert!(why.is_some());
+            assert_eq!((runner.checkpoint(), runner.epoch()), (10, 3), "the claim stands");
+            // Below the checkpoint: no DLQ records again, nothing written.
+            let (dlq, _) = runner.apply(&garbage(0..6));
+            assert!(dlq.is_empty());
+            assert!(matches!(
+                runner.commit(&mut damaged, false).unwrap(),
+                Committed::Replaying { .. }
+            ));
+            let (dlq, _) = runner.apply(&garbage(6..12));
+            assert_eq!(dlq.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![10, 11]);
+            assert!(matches!(
+                runner.commit(&mut damaged, true).unwrap(),
+                Committed::Written { next_offset: 12, .. }
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }
