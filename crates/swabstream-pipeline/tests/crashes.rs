@@ -214,7 +214,7 @@ impl ViewStore for RefusesSnapshots {
             return Err(swabstream_store::StoreError::Backend {
                 store: "test",
                 transient: false,
-                source: "string or blob too big".into(),
+                error: "string or blob too big".into(),
             });
         }
         self.0.commit(p, epoch, rows, next, None)

@@ -48,7 +48,7 @@ pub enum ScyllaError {
 
 impl From<ScyllaError> for StoreError {
     fn from(e: ScyllaError) -> StoreError {
-        StoreError::Backend { store: "scylla", transient: false, source: Box::new(e) }
+        StoreError::Backend { store: "scylla", transient: false, error: Box::new(e) }
     }
 }
 
@@ -74,7 +74,7 @@ pub(crate) fn backend(
     transient: bool,
     e: impl std::error::Error + Send + Sync + 'static,
 ) -> StoreError {
-    StoreError::Backend { store: "scylla", transient, source: Box::new(e) }
+    StoreError::Backend { store: "scylla", transient, error: Box::new(e) }
 }
 
 /// Whether the server's error is worth retrying as it is.

@@ -38,7 +38,7 @@ const CHUNK_BYTES: usize = 4 << 20;
 /// libsql's errors as the store interface's: busy/locked is transient.
 fn db(e: libsql::Error) -> StoreError {
     let transient = is_busy(&e);
-    StoreError::Backend { store: "sqlite", transient, source: Box::new(e) }
+    StoreError::Backend { store: "sqlite", transient, error: Box::new(e) }
 }
 
 /// The embedded view store.

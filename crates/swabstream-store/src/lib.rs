@@ -34,13 +34,10 @@ pub enum StoreError {
     /// The store itself failed: SQLite (unreadable file, full disk) or Scylla
     /// (timeouts, unavailable replicas, refused statements). `transient`
     /// errors are worth retrying as they are; the others need an operator.
-    #[error("view store ({store}): {source}")]
-    Backend {
-        store: &'static str,
-        transient: bool,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    // The driver's error is in the message, not also a `source()`: printed
+    // as a chain (`{:#}`), it would say everything twice.
+    #[error("view store ({store}): {error}")]
+    Backend { store: &'static str, transient: bool, error: Box<dyn std::error::Error + Send + Sync> },
     /// The store was made for another topic.
     #[error(
         "this view store holds views of topic `{found}`, not `{expected}`; use another data directory, store path or keyspace"
