@@ -330,3 +330,30 @@ fn redriving_twice_counts_once_and_a_rejected_again_event_counts_once_when_it_pa
     let s = json_of(&ok(&env, &["dlq", "stats", "--json"]));
     assert_eq!(s["by_reason"]["CODE_UNKNOWN"], json!(2 * n));
 }
+
+#[test]
+fn a_late_code_day_redriven_equals_the_simulators_truth() {
+    let broker = Broker::start("lateday");
+    let env = Env::new("lateday", &broker.addr, 3);
+    let out = env.dir.join("late");
+    let o = Command::new(bin())
+        .args(["simulate", "--people", "3000", "--seed", "31", "--late-data", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let read = |name: &str| -> ViewSet {
+        serde_json::from_str(&std::fs::read_to_string(out.join(name)).unwrap()).unwrap()
+    };
+    let (truth, before) = (read("truth.json"), read("truth-before-redrive.json"));
+    assert!(code_unknown(&before) > 100, "the outage rejects many scans");
+
+    env.publish(&out.join("events.jsonl"));
+    ok(&env, &["run", "--until-caught-up"]);
+    assert_views_equal(&env.views(), &before, "the late day before the redrive");
+
+    let r = redrive(&env);
+    assert_eq!(r["redriven"], json!(code_unknown(&before)), "{r}");
+    ok(&env, &["run", "--until-caught-up"]);
+    assert_views_equal(&env.views(), &truth, "the late day after redriving CODE_UNKNOWN");
+}

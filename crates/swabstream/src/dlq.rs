@@ -289,6 +289,10 @@ fn redrive(
             entries.push(e);
         }
     })?;
+    // In source order: a person's redriven events reach the end of their
+    // log in the order the rules first saw them, so which one is the day's
+    // first valid scan does not depend on how the DLQ was partitioned.
+    entries.sort_by_key(|e| e.source().unwrap_or((i32::MAX, i64::MAX)));
     let mut r = Redriven { repeats, dry_run, ..Redriven::default() };
     let codec = Codec::shared();
     let mut payloads = Vec::with_capacity(entries.len());
