@@ -48,6 +48,21 @@ pub(crate) const P_CODE_BUT_ID: f64 = 0.30;
 /// Personal and dynamic codes issued a second time (same `code_id`).
 pub(crate) const P_REISSUE: f64 = 0.03;
 
+/// With late data (`SimConfig::late_data`): the code system is down from
+/// 07:00 to 10:00 local on the day. Codes issued meanwhile are held and sent
+/// when it is back, over the next 90 minutes.
+pub(crate) const OUTAGE_START_H: i64 = 7;
+pub(crate) const OUTAGE_END_H: i64 = 10;
+/// People of the `Personal` scenario whose first scan falls in the outage
+/// and who got their code minutes before it, that morning.
+pub(crate) const P_ISSUED_IN_OUTAGE: f64 = 0.4;
+/// With late data: one scanner (the first) of every 20th site loses its
+/// connection from 08:00 to 12:00 and publishes its buffer from 15:00 on.
+pub(crate) const BACKLOG_SITE_EVERY: u32 = 20;
+pub(crate) const BACKLOG_START_H: i64 = 8;
+pub(crate) const BACKLOG_END_H: i64 = 12;
+pub(crate) const BACKLOG_SENT_H: i64 = 15;
+
 /// One person's story. Outcomes are per scan attempt, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Scenario {
@@ -246,6 +261,9 @@ struct Item {
     outcome: Outcome,
     /// For a duplicate: the position of its original in the person's sequence.
     dup_of: Option<usize>,
+    /// A scan rejected `CODE_UNKNOWN` only because its code's `CodeIssued`
+    /// was held by the code system's outage: valid when redriven.
+    held_code: bool,
 }
 
 /// Everything generated: the compact events, their publish order, the truth.
@@ -257,6 +275,8 @@ pub(crate) struct Generated {
     /// Indices into `recs`, in publish order.
     pub order: Vec<u32>,
     pub truth: Truth,
+    /// With late data: the truth before the `CODE_UNKNOWN` redrive.
+    pub truth_before_redrive: Option<Truth>,
     /// The raw ID numbers, when asked for (tests only).
     #[cfg(test)]
     pub raw_ids: Option<Vec<String>>,
@@ -276,6 +296,8 @@ pub(crate) struct Generator<'a> {
     persons: Vec<PersonRef>,
     recs: Vec<Rec>,
     truth: Truth,
+    /// Late data: the outage and the scanner backlog, and a second truth.
+    before_redrive: Option<Truth>,
     #[cfg(test)]
     raw_ids: Option<Vec<String>>,
     // Scratch, reused from person to person.
@@ -313,6 +335,7 @@ impl<'a> Generator<'a> {
             persons: Vec::with_capacity(cap),
             recs: Vec::with_capacity(cap.saturating_mul(2)),
             truth: Truth::default(),
+            before_redrive: None,
             #[cfg(test)]
             raw_ids: None,
             pre: Vec::new(),
@@ -328,6 +351,12 @@ impl<'a> Generator<'a> {
     #[cfg(test)]
     pub fn keep_raw_ids(mut self) -> Self {
         self.raw_ids = Some(Vec::new());
+        self
+    }
+
+    /// The day with late and out-of-order data (see `SimConfig::late_data`).
+    pub fn late_data(mut self, on: bool) -> Self {
+        self.before_redrive = on.then(Truth::default);
         self
     }
 
@@ -348,6 +377,7 @@ impl<'a> Generator<'a> {
             recs: self.recs,
             order: order.into_iter().map(|(_, i)| i).collect(),
             truth: self.truth,
+            truth_before_redrive: self.before_redrive,
             #[cfg(test)]
             raw_ids: self.raw_ids,
         }
@@ -376,6 +406,9 @@ impl<'a> Generator<'a> {
         self.maybe_rescan_and_midnight();
         self.emit_pre();
         self.emit_attempts(visit_site);
+        if self.before_redrive.is_some() {
+            self.late_and_out_of_order(scenario);
+        }
         self.add_duplicates();
         self.project();
         let first = self.recs.len() as u32;
@@ -692,7 +725,7 @@ impl<'a> Generator<'a> {
             };
             let send = t + self.between(10 * MS, SEC);
             let rec = Rec { send, occurred, event_id: self.event_id(), person: 0, orig: 0, body };
-            self.items.push(Item { rec, outcome, dup_of: None });
+            self.items.push(Item { rec, outcome, dup_of: None, held_code: false });
         }
     }
 
@@ -742,7 +775,7 @@ impl<'a> Generator<'a> {
             let send = t + self.between(50 * MS, 3 * SEC);
             let body = RecBody::Scan { site, scanner, district, tube: 0, ident };
             let rec = Rec { send, occurred, event_id: self.event_id(), person: 0, orig: 0, body };
-            self.items.push(Item { rec, outcome: a.outcome, dup_of: None });
+            self.items.push(Item { rec, outcome: a.outcome, dup_of: None, held_code: false });
         }
     }
 
@@ -773,6 +806,63 @@ impl<'a> Generator<'a> {
             Screen::Ahead => Some(t + self.between(30 * SEC, 15 * MIN)),
         };
         RecIdent::Code { kind, code, generated_at }
+    }
+
+    /// Late data: a `Personal` person who got their code that morning while
+    /// the code system was down has it sent after the outage, so the scans
+    /// published before it are `CODE_UNKNOWN` (valid when redriven); and a
+    /// backlogged scanner's scans are sent hours late. Then the person's
+    /// events are put in send order, which is their log order.
+    fn late_and_out_of_order(&mut self, scenario: Scenario) {
+        let (start, end) =
+            (self.day_start + OUTAGE_START_H * HOUR, self.day_start + OUTAGE_END_H * HOUR);
+        let issues: Vec<usize> = (0..self.items.len())
+            .filter(|&i| matches!(self.items[i].rec.body, RecBody::Issue { .. }))
+            .collect();
+        let first_scan = self
+            .items
+            .iter()
+            .find(|i| matches!(i.rec.body, RecBody::Scan { .. }))
+            .map(|i| i.rec.occurred);
+        if let (Scenario::Personal, &[issue], Some(t)) = (scenario, issues.as_slice(), first_scan)
+            && (start..end).contains(&t)
+            && self.rng.gen_bool(P_ISSUED_IN_OUTAGE)
+        {
+            let issued = (t - self.between(2 * MIN, 40 * MIN)).max(start);
+            let send = end + self.between(0, 90 * MIN);
+            let rec = &mut self.items[issue].rec;
+            rec.occurred = issued;
+            rec.send = send;
+        }
+        for k in 0..self.items.len() {
+            let rec = self.items[k].rec;
+            if let RecBody::Scan { site, scanner: 0, .. } = rec.body
+                && site % BACKLOG_SITE_EVERY == 3
+                && (self.day_start + BACKLOG_START_H * HOUR..self.day_start + BACKLOG_END_H * HOUR)
+                    .contains(&rec.send)
+            {
+                self.items[k].rec.send =
+                    self.day_start + BACKLOG_SENT_H * HOUR + self.between(0, HOUR);
+            }
+        }
+        // Stable: equal send times keep the generation order.
+        self.items.sort_by_key(|i| i.rec.send);
+        // Scans published before their code are CODE_UNKNOWN.
+        let mut issued = false;
+        for item in &mut self.items {
+            match item.rec.body {
+                RecBody::Issue { .. } => issued = true,
+                RecBody::Scan { ident: RecIdent::Code { .. }, .. }
+                    if !issued
+                        && item.outcome == Outcome::Valid
+                        && scenario == Scenario::Personal =>
+                {
+                    item.outcome = Outcome::Rejected(Reason::CodeUnknown);
+                    item.held_code = true;
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Producer retries: some events again right after, some hours later (at
@@ -810,12 +900,41 @@ impl<'a> Generator<'a> {
         }
     }
 
-    /// SPEC §3.4 over the person's known outcomes, in publish order.
+    /// SPEC §3.4 over the person's known outcomes, in publish order. With
+    /// late data, `truth` is the day after one redrive of `CODE_UNKNOWN` at
+    /// its end (SPEC §9: each such record's event again, at the end of the
+    /// person's log, in log order; the rejections stay counted) and
+    /// `before_redrive` the day before it.
     fn project(&mut self) {
-        let truth = &mut self.truth;
-        let days = &mut self.days;
+        if let Some(before) = &mut self.before_redrive {
+            project_items(before, &mut self.days, self.items.iter().copied());
+            let redriven = self
+                .items
+                .iter()
+                .filter(|i| {
+                    i.dup_of.is_none() && i.outcome == Outcome::Rejected(Reason::CodeUnknown)
+                })
+                .map(|i| Item {
+                    outcome: if i.held_code { Outcome::Valid } else { i.outcome },
+                    ..*i
+                })
+                .collect::<Vec<_>>();
+            project_items(
+                &mut self.truth,
+                &mut self.days,
+                self.items.iter().copied().chain(redriven),
+            );
+        } else {
+            project_items(&mut self.truth, &mut self.days, self.items.iter().copied());
+        }
+    }
+}
+
+/// SPEC §3.4 over one person's items, in order.
+fn project_items(truth: &mut Truth, days: &mut Vec<Day>, items: impl Iterator<Item = Item>) {
+    {
         days.clear();
-        for item in &self.items {
+        for item in items {
             let day = Timestamp(item.rec.occurred).local_day();
             if item.dup_of.is_some() {
                 truth.city(day).duplicates += 1;

@@ -57,6 +57,18 @@ pub struct SimConfig {
     pub day: Day,
     /// The pseudonym key that turns ID numbers into `person_ref`s.
     pub key: PseudonymKey,
+    /// Late and out-of-order data, as the seed's day had (off by default;
+    /// off, the day is byte for byte what it was without the option): the
+    /// code system is down from 07:00 to 10:00, so the `CodeIssued` of some
+    /// people who got their code that morning is sent up to 90 minutes after
+    /// it came back, after the scans that use it (which are `CODE_UNKNOWN`);
+    /// and the first scanner of every 20th site publishes what it buffered
+    /// from 08:00 to 12:00 at 15:00. The truth is then the day after one
+    /// `dlq redrive --reason CODE_UNKNOWN` once everything was published and
+    /// applied (SPEC §9: the held scans count once, each other `CODE_UNKNOWN`
+    /// is rejected again, and every original rejection stays counted);
+    /// [`Simulation::truth_before_redrive`] is the day before it.
+    pub late_data: bool,
 }
 
 impl Default for SimConfig {
@@ -67,6 +79,7 @@ impl Default for SimConfig {
             seed: 1,
             day: Day::from_civil(2022, 4, 9).expect("a real date"),
             key: PseudonymKey::new(DEMO_KEY.to_vec()).expect("the demo key is long enough"),
+            late_data: false,
         }
     }
 }
@@ -90,7 +103,9 @@ pub fn simulate(cfg: &SimConfig) -> SimulatedDay {
 /// Simulates a day, keeping the events compact (about 100 bytes an event);
 /// they are made one at a time by [`Simulation::events`].
 pub fn generate(cfg: &SimConfig) -> Simulation {
-    let generated = Generator::new(cfg.seed, cfg.people, cfg.day, &cfg.key).run(cfg.people);
+    let generated = Generator::new(cfg.seed, cfg.people, cfg.day, &cfg.key)
+        .late_data(cfg.late_data)
+        .run(cfg.people);
     Simulation::new(cfg, generated)
 }
 
@@ -100,6 +115,7 @@ pub struct Simulation {
     people: u64,
     generated: Generated,
     truth: ViewSet,
+    truth_before_redrive: Option<ViewSet>,
 }
 
 impl fmt::Debug for Simulation {
@@ -115,12 +131,19 @@ impl fmt::Debug for Simulation {
 impl Simulation {
     fn new(cfg: &SimConfig, mut generated: Generated) -> Simulation {
         let truth = std::mem::take(&mut generated.truth).into_view_set(&generated.site_ids);
-        Simulation { day: cfg.day, people: cfg.people, generated, truth }
+        let truth_before_redrive =
+            generated.truth_before_redrive.take().map(|t| t.into_view_set(&generated.site_ids));
+        Simulation { day: cfg.day, people: cfg.people, generated, truth, truth_before_redrive }
     }
 
-    /// The ground-truth views.
+    /// The ground-truth views (with late data: after the redrive).
     pub fn truth(&self) -> &ViewSet {
         &self.truth
+    }
+
+    /// With late data, the views before `dlq redrive --reason CODE_UNKNOWN`.
+    pub fn truth_before_redrive(&self) -> Option<&ViewSet> {
+        self.truth_before_redrive.as_ref()
     }
 
     /// How many events (duplicates included).
@@ -291,8 +314,8 @@ impl fmt::Display for Summary {
 }
 
 /// Simulates a day and writes `dir/events.jsonl` (one JSON event a line, in
-/// publish order) and `dir/truth.json` (the views, pretty JSON). Makes `dir`
-/// if needed. Events are written as they are made, never all in memory.
+/// publish order) and `dir/truth.json` (the views, pretty JSON; with late
+/// data also `dir/truth-before-redrive.json`). Makes `dir` if needed. Events are written as they are made, never all in memory.
 pub fn write_files(cfg: &SimConfig, dir: &Path) -> io::Result<Summary> {
     let sim = generate(cfg);
     fs::create_dir_all(dir)?;
@@ -306,6 +329,12 @@ pub fn write_files(cfg: &SimConfig, dir: &Path) -> io::Result<Summary> {
     serde_json::to_writer_pretty(&mut out, sim.truth())?;
     out.write_all(b"\n")?;
     out.flush()?;
+    if let Some(before) = sim.truth_before_redrive() {
+        let mut out = BufWriter::new(File::create(dir.join("truth-before-redrive.json"))?);
+        serde_json::to_writer_pretty(&mut out, before)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+    }
     Ok(sim.summary())
 }
 

@@ -37,7 +37,11 @@ pub enum StoreError {
     // The driver's error is in the message, not also a `source()`: printed
     // as a chain (`{:#}`), it would say everything twice.
     #[error("view store ({store}): {error}")]
-    Backend { store: &'static str, transient: bool, error: Box<dyn std::error::Error + Send + Sync> },
+    Backend {
+        store: &'static str,
+        transient: bool,
+        error: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The store was made for another topic.
     #[error(
         "this view store holds views of topic `{found}`, not `{expected}`; use another data directory, store path or keyspace"

@@ -7,6 +7,7 @@ mod broker;
 mod config;
 mod connect;
 mod demo;
+mod dlq;
 mod gateway;
 mod output;
 mod process;
@@ -14,7 +15,9 @@ mod publish;
 mod replay;
 mod run;
 mod simulate;
+mod status;
 mod store;
+mod topic;
 mod views;
 
 use std::process::ExitCode;
@@ -67,6 +70,12 @@ enum Command {
     Store(store::Args),
     /// Print the effective configuration (defaults, file and environment merged) as JSON.
     Config,
+    /// One screen per partition: owner, checkpoint, log end, lag, commit and snapshot ages; the group; the DLQ. Exit 1 when a partition has no live owner or is stalled.
+    Status(status::Args),
+    /// The dead-letter queue: `dlq stats`, `dlq show`, `dlq redrive`.
+    Dlq(dlq::Args),
+    /// The topics as Kafka holds them: `topic offsets`, `topic tail` (records decoded).
+    Topic(topic::Args),
 }
 
 /// The program: parses the command line, runs the subcommand, and returns
@@ -101,6 +110,9 @@ pub fn main() -> ExitCode {
         Command::Process(args) => process::run(args, &config),
         Command::Views(args) => views::run(args, &config),
         Command::Store(args) => store::run(args, &config),
+        Command::Status(args) => status::run(&rt, args, &config),
+        Command::Dlq(args) => dlq::run(&rt, args, &config),
+        Command::Topic(args) => topic::run(&rt, args, &config),
     };
     match result {
         Ok(code) => code,

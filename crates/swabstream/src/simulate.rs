@@ -22,6 +22,12 @@ pub struct Args {
     /// Directory to write events.jsonl and truth.json into (created if missing).
     #[arg(long)]
     out: PathBuf,
+    /// Late and out-of-order data: the code system down 07:00–10:00 (its
+    /// CodeIssued sent after the scans that use them: CODE_UNKNOWN), a scanner
+    /// backlog sent hours late. truth.json is then the day after
+    /// `dlq redrive --reason CODE_UNKNOWN`; truth-before-redrive.json before it.
+    #[arg(long)]
+    late_data: bool,
 }
 
 pub fn parse_day(s: &str) -> Result<Day, String> {
@@ -29,8 +35,13 @@ pub fn parse_day(s: &str) -> Result<Day, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let cfg =
-        SimConfig { people: args.people, seed: args.seed, day: args.day, ..SimConfig::default() };
+    let cfg = SimConfig {
+        people: args.people,
+        seed: args.seed,
+        day: args.day,
+        late_data: args.late_data,
+        ..SimConfig::default()
+    };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let started = Instant::now();
