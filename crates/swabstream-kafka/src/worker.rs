@@ -345,7 +345,7 @@ impl Engine {
         if self.parts.is_empty() {
             return Some(format!("no partition was assigned in {:.0?}", joined.elapsed()));
         }
-        let leases = match self.store.leases() {
+        let leases = match self.store.partitions() {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!("reading partition leases: {e}");

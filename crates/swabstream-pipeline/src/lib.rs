@@ -62,7 +62,7 @@ pub enum Resume {
 }
 
 /// What a commit did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Committed {
     /// Rows and offset were written, with a snapshot of `snapshot_bytes`
     /// bytes if `snapshot`.
