@@ -268,7 +268,9 @@ function showLogin(error) {
 }
 
 function start() {
+  // `#token=…&day=YYYY-MM-DD`: a link that signs in, and pins a day.
   const hash = new URLSearchParams(location.hash.slice(1));
+  if (hash.get("day")) chosenDay = hash.get("day");
   if (hash.get("token")) {
     token = hash.get("token");
     localStorage.setItem("swabstream.token", token);

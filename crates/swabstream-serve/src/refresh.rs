@@ -86,11 +86,6 @@ impl Snapshot {
         };
         Snapshot::new(Arc::new(ViewSet::default()), as_of, 0, false)
     }
-
-    /// The latest day with numbers, if any.
-    pub fn latest_day(&self) -> Option<Day> {
-        self.views.city_daily.iter().map(|r| r.day).max()
-    }
 }
 
 /// The refresher's settings.

@@ -96,14 +96,19 @@ pub struct Site {
 /// The channels always listed, so a channel that fails shows as a zero.
 const CHANNELS: [&str; 4] = ["APP", "WECHAT", "ALIPAY", "OFFLINE"];
 
-/// The summary of `day` (default: the latest day the views hold).
+/// The summary of `day` (default: the latest day on which people were sampled).
 pub fn summarise(views: &ViewSet, day: Option<Day>) -> Summary {
     let mut days: Vec<Day> = views.city_daily.iter().map(|r| r.day).collect();
     days.extend(views.codes_issued_daily.iter().map(|r| r.day));
     days.extend(views.rejections_daily.iter().map(|r| r.day));
     days.sort_unstable();
     days.dedup();
-    let day = day.or_else(|| views.city_daily.iter().map(|r| r.day).max()).or(days.last().copied());
+    // The default is the latest day anyone was sampled: a rejected event
+    // dated far in the future makes a day of its own, with nobody sampled.
+    let day = day
+        .or_else(|| views.city_daily.iter().filter(|r| r.people_sampled > 0).map(|r| r.day).max())
+        .or_else(|| views.city_daily.iter().map(|r| r.day).max())
+        .or(days.last().copied());
     let on = |d: Day| Some(d) == day;
 
     let city = views.city(day.unwrap_or(Day(i32::MIN))).map_or_else(City::default, |c| City {
@@ -197,5 +202,31 @@ pub fn summarise(views: &ViewSet, day: Option<Day>) -> Summary {
         codes_issued,
         codes_by_channel,
         busiest_sites: busiest,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use swabstream_views::CityDaily;
+
+    use super::*;
+
+    #[test]
+    fn the_default_day_is_the_latest_anyone_was_sampled() {
+        let day = Day::parse("2022-04-09").unwrap();
+        let future = Day::parse("2122-04-08").unwrap();
+        let views = ViewSet {
+            city_daily: vec![
+                CityDaily { day, people_sampled: 5, using_code: 4, ..CityDaily::default() },
+                CityDaily { day: future, rejected: 1, ..CityDaily::default() },
+            ],
+            ..ViewSet::default()
+        };
+        let s = summarise(&views, None);
+        assert_eq!(s.day, Some(day));
+        assert_eq!(s.days, vec![day, future], "both days can be picked");
+        assert_eq!(s.city.people_sampled, 5);
+        assert_eq!(summarise(&views, Some(future)).city.rejected, 1);
+        assert_eq!(summarise(&ViewSet::default(), None).day, None);
     }
 }
