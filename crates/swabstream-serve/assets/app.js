@@ -49,6 +49,8 @@ let summary = null;
 let source = null;
 let chosenDay = "";
 const charts = {};
+// No animation under WebDriver, so that a test's screenshot shows the final charts.
+const ANIMATE = !navigator.webdriver;
 
 const $ = (id) => document.getElementById(id);
 const t = (k) => (TEXT[lang][k] !== undefined ? TEXT[lang][k] : k);
@@ -158,6 +160,7 @@ function renderDistricts(ds) {
   });
   const sorted = ds.slice().sort((a, b) => a.people_sampled - b.people_sampled);
   chart("district-chart").setOption({
+    animation: ANIMATE,
     grid: { left: 8, right: 16, top: 8, bottom: 8, containLabel: true },
     tooltip: { trigger: "axis", axisPointer: { type: "shadow" } },
     xAxis: { type: "value" },
@@ -177,6 +180,7 @@ function renderMap(ds) {
   }));
   const values = data.map((x) => x.value);
   chart("map").setOption({
+    animation: ANIMATE,
     tooltip: {
       trigger: "item",
       formatter: (p) => {
@@ -198,6 +202,7 @@ function renderMap(ds) {
 
 function renderHours(hs) {
   chart("hour-chart").setOption({
+    animation: ANIMATE,
     grid: { left: 8, right: 16, top: 24, bottom: 8, containLabel: true },
     tooltip: { trigger: "axis" },
     legend: { data: [t("peopleSampled"), t("validScans")] },
@@ -212,6 +217,7 @@ function renderHours(hs) {
 
 function bars(id, pairs) {
   chart(id).setOption({
+    animation: ANIMATE,
     grid: { left: 8, right: 16, top: 8, bottom: 8, containLabel: true },
     tooltip: { trigger: "axis", axisPointer: { type: "shadow" } },
     xAxis: { type: "value" },
