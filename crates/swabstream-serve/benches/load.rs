@@ -5,7 +5,7 @@
 //! second during that load (one per refresh interval is the promise); and
 //! 1,000 open event streams with the process's resident memory.
 //!
-//! `cargo bench -p swabstream-serve --bench load` (SECONDS=5 by default per phase).
+//! `cargo bench -p swabstream-serve --bench load` (`BENCH_SECONDS`, default 5, per phase).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,7 +83,7 @@ fn pct(v: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let secs: u64 = std::env::var("SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let secs: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let dir = std::env::temp_dir().join(format!("swabstream-serve-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
