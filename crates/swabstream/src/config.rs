@@ -25,6 +25,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub pseudonym: PseudonymConfig,
     pub gateway: GatewayConfig,
+    pub serve: ServeConfig,
 }
 
 /// The Kafka cluster and topics.
@@ -229,6 +230,33 @@ impl Default for GatewayConfig {
     }
 }
 
+/// The analysts' service (`swabstream serve`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Address to serve HTTP (API and dashboard) on (port 0: any free port, printed at start).
+    pub listen: SocketAddr,
+    /// Address of the read-only PostgreSQL-protocol SQL endpoint (unset: none).
+    pub sql_listen: Option<SocketAddr>,
+    /// The analysts' credentials file (TOML `[[device]]` entries, made by
+    /// `swabstream credential --device NAME`).
+    pub credentials: Option<PathBuf>,
+    /// How often the view store is read (answers come from that copy).
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            sql_listen: None,
+            credentials: None,
+            refresh_interval: Duration::from_secs(1),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -240,6 +268,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             pseudonym: PseudonymConfig::default(),
             gateway: GatewayConfig::default(),
+            serve: ServeConfig::default(),
         }
     }
 }

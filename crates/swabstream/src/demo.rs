@@ -37,6 +37,10 @@ pub struct Args {
     /// temporary directory, removed afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// After the check, keep `serve` (API and dashboard, `serve.listen`) running on the
+    /// demo's views until Ctrl-C, and print the dashboard's address.
+    #[arg(long)]
+    serve: bool,
 }
 
 pub fn run(rt: &tokio::runtime::Runtime, args: Args, config: &Config) -> anyhow::Result<ExitCode> {
@@ -128,9 +132,9 @@ fn demo(
         );
     }
     let diffs = views.differences(&sim.truth);
-    if diffs.is_empty() {
+    let code = if diffs.is_empty() {
         println!("check: the views equal the simulator's ground truth");
-        Ok(ExitCode::SUCCESS)
+        ExitCode::SUCCESS
     } else {
         println!(
             "check FAILED: {} rows differ from the ground truth (left = pipeline, right = truth):",
@@ -139,6 +143,10 @@ fn demo(
         for d in diffs.iter().take(30) {
             println!("  {d}");
         }
-        Ok(ExitCode::FAILURE)
+        ExitCode::FAILURE
+    };
+    if args.serve {
+        crate::serve::demo(rt, config, dir)?;
     }
+    Ok(code)
 }

@@ -14,6 +14,7 @@ mod process;
 mod publish;
 mod replay;
 mod run;
+mod serve;
 mod simulate;
 mod status;
 mod store;
@@ -56,6 +57,8 @@ enum Command {
     Replay(replay::Args),
     /// The HTTP ingest gateway for scanners and code systems (POST /v1/events).
     Gateway,
+    /// The analysts' read-only service: views over HTTP (JSON, CSV, events), the dashboard, SQL.
+    Serve,
     /// Make a device credential for the gateway: the file entry on stdout, the token on stderr.
     Credential(gateway::CredentialArgs),
     /// Run the embedded Kafka-API broker alone (for local development and tests).
@@ -105,6 +108,7 @@ pub fn main() -> ExitCode {
         Command::Replay(args) => replay::run(&rt, args, &config),
         Command::Broker => broker::run(&rt, &config),
         Command::Gateway => gateway::run(&rt, &config),
+        Command::Serve => serve::run(&rt, &config),
         Command::Credential(args) => gateway::credential(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Process(args) => process::run(args, &config),
