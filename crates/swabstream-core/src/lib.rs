@@ -18,12 +18,14 @@
 
 mod effects;
 mod keys;
+pub mod placement;
 mod snapshot;
 mod state;
 mod table;
 mod views;
 
 pub use effects::{DlqRecord, Outcome, OutcomeCounts};
+pub use placement::Placement;
 pub use snapshot::SnapshotError;
 pub use state::{
     CoreConfig, FUTURE_TOLERANCE_SECS, LIVE_AFTER_SECS, LIVE_BEFORE_SECS, MemoryUsage,
