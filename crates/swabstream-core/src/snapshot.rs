@@ -361,3 +361,30 @@ impl<'a> Reader<'a> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Record, placement::Placement};
+
+    #[test]
+    fn a_version_1_snapshot_still_restores() {
+        // A store written before WRONG_PARTITION existed holds version 1.
+        let mut s = PartitionState::new(CoreConfig::default());
+        s.set_placement(Placement::new(0, 1));
+        let mut dlq = Vec::new();
+        for (i, p) in [&b"garbage"[..], b"", b"\xc3\x01"].into_iter().enumerate() {
+            let ts = Timestamp::from_secs(1_649_433_600);
+            s.apply(
+                Record { offset: i as i64, timestamp: ts, key: None, payload: Some(p) },
+                &mut dlq,
+            );
+        }
+        let old = s.snapshot_as(1);
+        assert_eq!(u16::from_le_bytes([old[6], old[7]]), 1);
+        let restored = PartitionState::restore(&old, CoreConfig::default()).unwrap();
+        assert_eq!(restored.views(), s.views());
+        assert_eq!(restored.counts(), s.counts());
+        assert_eq!(restored.snapshot(), s.snapshot(), "and it is rewritten as version 2");
+        assert!(old.len() < s.snapshot().len());
+    }
+}

@@ -22,7 +22,8 @@ fn check(people: u64, seed: u64, day: &str, partitions: usize) {
         codec.encode(e, &mut payload);
         let p = usize::from(e.person_ref.0[0]) % partitions;
         let offset = states[p].next_offset().unwrap_or(0);
-        states[p].apply(Record { offset, timestamp: ts, payload: Some(&payload) }, &mut dlq);
+        states[p]
+            .apply(Record { offset, timestamp: ts, key: None, payload: Some(&payload) }, &mut dlq);
     }
     assert!(dlq.iter().all(|d| d.reason != swabstream_events::Reason::Malformed));
     let views = ViewSet::sum(states.iter().map(PartitionState::views));

@@ -81,25 +81,29 @@ pub struct Report {
 #[derive(Debug, Default)]
 struct Pending {
     bytes: Vec<u8>,
-    items: Vec<(i64, Timestamp, Option<Range<usize>>)>,
+    /// Offset, timestamp, and where the key and the value are in `bytes`.
+    items: Vec<(i64, Timestamp, Option<Range<usize>>, Option<Range<usize>>)>,
 }
 
 impl Pending {
-    fn push(&mut self, offset: i64, ts: Timestamp, payload: Option<&[u8]>) {
-        let range = payload.map(|p| {
+    fn push(&mut self, offset: i64, ts: Timestamp, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        let mut copy = |b: &[u8]| {
             let start = self.bytes.len();
-            self.bytes.extend_from_slice(p);
+            self.bytes.extend_from_slice(b);
             start..self.bytes.len()
-        });
-        self.items.push((offset, ts, range));
+        };
+        let key = key.map(&mut copy);
+        let range = payload.map(&mut copy);
+        self.items.push((offset, ts, key, range));
     }
 
     fn records(&self) -> Vec<Record<'_>> {
         self.items
             .iter()
-            .map(|(offset, timestamp, range)| Record {
+            .map(|(offset, timestamp, key, range)| Record {
                 offset: *offset,
                 timestamp: *timestamp,
+                key: key.clone().map(|r| &self.bytes[r]),
                 payload: range.clone().map(|r| &self.bytes[r]),
             })
             .collect()
@@ -148,6 +152,9 @@ struct Engine {
     dlq: Option<Publisher>,
     dlq_topic: String,
     core: CoreConfig,
+    /// The topic's partition count, set before the first claim: the core
+    /// checks each record's partition against it (SPEC §3.1).
+    partitions: i32,
     snapshot_interval: Duration,
     report: Report,
     stop: Arc<AtomicBool>,
@@ -168,6 +175,7 @@ impl Engine {
             dlq,
             dlq_topic: opts.dlq_topic.clone(),
             core: opts.core,
+            partitions: 0,
             snapshot_interval: opts.snapshot_interval,
             report: Report::default(),
             stop,
@@ -177,8 +185,9 @@ impl Engine {
 
     fn claim(&mut self, partition: i32) -> anyhow::Result<Resume> {
         let started = Instant::now();
-        let (runner, resume) = PartitionRunner::claim(&mut self.store, partition, self.core)
-            .with_context(|| format!("claiming partition {partition}"))?;
+        let (runner, resume) =
+            PartitionRunner::claim(&mut self.store, partition, self.partitions, self.core)
+                .with_context(|| format!("claiming partition {partition}"))?;
         let took = started.elapsed();
         self.report.claims += 1;
         self.report.claim_time += took;
@@ -201,7 +210,14 @@ impl Engine {
         Ok(resume)
     }
 
-    fn push(&mut self, partition: i32, offset: i64, ts: Timestamp, payload: Option<&[u8]>) {
+    fn push(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        ts: Timestamp,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) {
         // Records of a partition no longer ours (revoked, or fenced off) are
         // left to the partition's new owner.
         if let Some(part) = self.parts.get_mut(&partition) {
@@ -209,7 +225,7 @@ impl Engine {
                 part.at_end = true;
                 return;
             }
-            part.pending.push(offset, ts, payload);
+            part.pending.push(offset, ts, key, payload);
             part.at_end = false;
         }
     }
@@ -538,7 +554,7 @@ fn poll_batch<C: ConsumerContext>(
             }
             Some(Ok(m)) => {
                 let ts = timestamp_of(&m);
-                lock(engine).push(m.partition(), m.offset(), ts, m.payload());
+                lock(engine).push(m.partition(), m.offset(), ts, m.key(), m.payload());
                 n += 1;
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -583,6 +599,7 @@ pub fn run(
         .config(Role::Consumer, &consumer_defaults(&opts.group_id))
         .create_with_context(ctx)?;
     let partitions = crate::partition_count(cluster, &opts.topic)?;
+    lock(&engine).partitions = partitions;
     consumer.subscribe(&[&opts.topic])?;
     tracing::info!(topic = %opts.topic, group = %opts.group_id, "worker started");
     let mut joined = Instant::now();
@@ -675,6 +692,7 @@ pub fn replay(
         .config(Role::Consumer, &consumer_defaults("swabstream-replay"))
         .create_with_context(Quiet)?;
     let partitions = crate::partition_count(cluster, &opts.topic)?;
+    engine.partitions = partitions;
     let mut ends = BTreeMap::new();
     let mut start = TopicPartitionList::new();
     for p in 0..partitions {

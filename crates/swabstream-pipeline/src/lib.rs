@@ -24,7 +24,7 @@
 //! views step back while analysts watch).
 
 use swabstream_core::{
-    CoreConfig, DlqRecord, OutcomeCounts, PartitionState, Record, SnapshotError,
+    CoreConfig, DlqRecord, OutcomeCounts, PartitionState, Placement, Record, SnapshotError,
 };
 use swabstream_store::{StoreError, ViewStore};
 
@@ -38,6 +38,13 @@ pub enum PipelineError {
     /// The stored snapshot cannot be restored.
     #[error("partition {partition}: {source}")]
     Snapshot { partition: i32, source: SnapshotError },
+    /// The partition is not one of the topic's as this worker counted them
+    /// (the topic grew while it ran).
+    #[error(
+        "partition {partition} is outside a topic of {partitions} partitions as this worker \
+         counted them; restart the worker"
+    )]
+    OutsideTopic { partition: i32, partitions: i32 },
 }
 
 impl PipelineError {
@@ -81,16 +88,21 @@ pub struct PartitionRunner {
 }
 
 impl PartitionRunner {
-    /// Claims `partition` in the store (fencing off any earlier owner),
-    /// restores its state from the last snapshot, and says where to resume.
+    /// Claims `partition` of a topic of `partitions` in the store (fencing
+    /// off any earlier owner), restores its state from the last snapshot, and
+    /// says where to resume. The state checks that each record belongs in
+    /// this partition (SPEC §3.1: `WRONG_PARTITION`).
     pub fn claim(
         store: &mut ViewStore,
         partition: i32,
+        partitions: i32,
         config: CoreConfig,
     ) -> Result<(PartitionRunner, Resume), PipelineError> {
+        let placement = Placement::new(partition, partitions)
+            .ok_or(PipelineError::OutsideTopic { partition, partitions })?;
         let claim = store.claim(partition)?;
         let checkpoint = claim.checkpoint.as_ref().map_or(0, |c| c.next_offset);
-        let (state, resume) = match claim.checkpoint.and_then(|c| c.snapshot) {
+        let (mut state, resume) = match claim.checkpoint.and_then(|c| c.snapshot) {
             Some(snap) => {
                 let state = PartitionState::restore(&snap.bytes, config)
                     .map_err(|source| PipelineError::Snapshot { partition, source })?;
@@ -98,6 +110,7 @@ impl PartitionRunner {
             }
             None => (PartitionState::new(config), Resume::Beginning),
         };
+        state.set_placement(Some(placement));
         let runner = PartitionRunner {
             partition,
             epoch: claim.epoch,
