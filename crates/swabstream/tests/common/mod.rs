@@ -16,6 +16,14 @@ use swabstream_views::ViewSet;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_swabstream");
 
+/// The binary under test: `E2E_SWABSTREAM_BIN` if set, else Cargo's [`BIN`].
+/// Where several worktrees share one target directory, `target/debug/swabstream`
+/// is whichever was built last; a copy of this worktree's is named here. (Not
+/// `SWABSTREAM_…`: the binary would read that as a setting.)
+pub fn bin() -> std::ffi::OsString {
+    std::env::var_os("E2E_SWABSTREAM_BIN").unwrap_or_else(|| BIN.into())
+}
+
 /// A test's directory, configuration file and names.
 pub struct Env {
     pub dir: PathBuf,
@@ -75,7 +83,7 @@ orphan_after = "10s"
 
     /// The binary with this test's configuration.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
+        let mut c = Command::new(bin());
         c.arg("--config").arg(&self.config).args(args).env("RUST_LOG", "info");
         c
     }
@@ -87,7 +95,7 @@ orphan_after = "10s"
     /// A simulated day of `people` as events.jsonl and its truth.
     pub fn simulate(&self, people: u64, seed: u64) -> (PathBuf, ViewSet) {
         let out = self.dir.join("sim");
-        let o = Command::new(BIN)
+        let o = Command::new(bin())
             .args(["simulate", "--people", &people.to_string(), "--seed", &seed.to_string()])
             .arg("--out")
             .arg(&out)
@@ -164,7 +172,7 @@ impl Broker {
     }
 
     fn spawn(&mut self, port: u16) {
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .arg("broker")
             .env("SWABSTREAM_DATA_DIR", &self.dir)
             .env("SWABSTREAM_KAFKA__EMBEDDED_PORT", port.to_string())
