@@ -82,8 +82,11 @@ pub struct Report {
 struct Pending {
     bytes: Vec<u8>,
     /// Offset, timestamp, and where the key and the value are in `bytes`.
-    items: Vec<(i64, Timestamp, Option<Range<usize>>, Option<Range<usize>>)>,
+    items: Vec<(i64, Timestamp, Span, Span)>,
 }
+
+/// Where a record's key or value is in [`Pending::bytes`]; `None` if it has none.
+type Span = Option<Range<usize>>;
 
 impl Pending {
     fn push(&mut self, offset: i64, ts: Timestamp, key: Option<&[u8]>, payload: Option<&[u8]>) {
