@@ -154,6 +154,12 @@ impl PartitionState {
     /// the day of its event's `occurred_at` if the value decodes, else on the
     /// day of the partition's watermark, else on 1970-01-01. All of these are
     /// functions of the log, never of the clock, so a replay counts the same.
+    ///
+    /// With a [`Placement`] set, rule 1 also holds the record to its partition:
+    /// a decoded record whose key is not its event's `person_ref` in lowercase
+    /// hex, or whose key murmur2 puts in another partition, is
+    /// `WRONG_PARTITION`, counted like a rejection (on the local day of its
+    /// `occurred_at`, in the district it names if known), before dedupe.
     pub fn apply(&mut self, record: Record<'_>, dlq: &mut Vec<DlqRecord>) -> Outcome {
         let prepared = self.prepare(&record);
         self.apply_prepared(&record, prepared, dlq)
