@@ -59,14 +59,19 @@ impl Placement {
     }
 }
 
-/// Whether `key` is exactly the lowercase hex of `bytes`, without allocating.
+/// Whether `key` is exactly the lowercase hex of `bytes`, without allocating:
+/// the hex is written to the stack and compared in one go.
 pub fn is_hex_of(key: &[u8], bytes: &[u8; 32]) -> bool {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    key.len() == 64
-        && key
-            .chunks_exact(2)
-            .zip(bytes)
-            .all(|(k, b)| k[0] == HEX[usize::from(b >> 4)] && k[1] == HEX[usize::from(b & 15)])
+    if key.len() != 64 {
+        return false;
+    }
+    let mut hex = [0u8; 64];
+    for (pair, b) in hex.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
+    }
+    key == hex
 }
 
 /// The partition of a key, as Kafka's default partitioner chooses it for the
