@@ -62,6 +62,24 @@ fn pipeline(c: &mut Criterion) {
 
     let decoded: Vec<Event<'_>> =
         payloads.iter().map(|p| codec.decode(p).expect("simulated events decode")).collect();
+    // SPEC §3.1's key and partition check alone (part of every path below).
+    g.bench_function("placement_check", |b| {
+        // One partition: every record passes, as nearly all do in a healthy topic.
+        let placement = Placement::new(0, 1).expect("partition 0 of 1");
+        assert!(
+            decoded
+                .iter()
+                .zip(&keys)
+                .all(|(e, k)| placement.misplaced(Some(k), &e.person_ref.0).is_none())
+        );
+        b.iter(|| {
+            let mut misplaced = 0usize;
+            for (e, k) in decoded.iter().zip(&keys) {
+                misplaced += usize::from(placement.misplaced(Some(k), &e.person_ref.0).is_some());
+            }
+            misplaced
+        })
+    });
     g.bench_function("dedupe_validate_project", |b| {
         b.iter_batched_ref(
             state,
