@@ -59,7 +59,10 @@ fn main() {
     let mut state = PartitionState::new(CoreConfig::default());
     let mut dlq = Vec::new();
     for (i, p) in payloads.iter().enumerate() {
-        state.apply(Record { offset: i as i64, timestamp: ts, payload: Some(p) }, &mut dlq);
+        state.apply(
+            Record { offset: i as i64, timestamp: ts, key: None, payload: Some(p) },
+            &mut dlq,
+        );
         dlq.clear();
     }
     drop(dlq);

@@ -22,8 +22,9 @@ pub struct DlqRecord {
     pub offset: i64,
     /// Why it was rejected.
     pub reason: Reason,
-    /// For `MALFORMED`, what is wrong with it (no personal data: the decoder's
-    /// messages name fields, never values); empty otherwise.
+    /// For `MALFORMED` and `WRONG_PARTITION`, what is wrong with it (no
+    /// personal data: the messages name fields and checks, never values);
+    /// empty otherwise.
     pub detail: String,
     /// The record's value, byte for byte.
     pub payload: Vec<u8>,
@@ -35,7 +36,7 @@ pub struct OutcomeCounts {
     pub accepted: u64,
     pub duplicates: u64,
     /// Indexed by [`Reason::index`].
-    pub rejected: [u64; 7],
+    pub rejected: [u64; Reason::ALL.len()],
     pub skipped: u64,
 }
 
@@ -71,7 +72,7 @@ impl OutcomeCounts {
 
     /// The counts of `self` since `earlier`.
     pub fn since(&self, earlier: &OutcomeCounts) -> OutcomeCounts {
-        let mut rejected = [0; 7];
+        let mut rejected = [0; Reason::ALL.len()];
         for (i, r) in rejected.iter_mut().enumerate() {
             *r = self.rejected[i] - earlier.rejected[i];
         }

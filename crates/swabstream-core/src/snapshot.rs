@@ -8,7 +8,7 @@
 //! every length against the bytes present, so a truncated or corrupted
 //! snapshot is an error, never a panic or a wrong state.
 
-use swabstream_events::{CodeKind, DISTRICTS, Day, Timestamp};
+use swabstream_events::{CodeKind, DISTRICTS, Day, Reason, Timestamp};
 
 use crate::effects::OutcomeCounts;
 use crate::keys::{CodeKey, CodeSlot, IdSlot, PersonDayKey};
@@ -16,7 +16,13 @@ use crate::state::{CoreConfig, PartitionState};
 use crate::views::{CityCounts, DayRows, DistrictCounts, RowBits, SiteCounts, SiteHourKey};
 
 const MAGIC: &[u8; 6] = b"SWSNAP";
-const VERSION: u16 = 1;
+/// Version 2 counts eight rejection reasons (`WRONG_PARTITION` was added at
+/// the end); version 1, seven. Both are read.
+const VERSION: u16 = 2;
+/// How many reasons a snapshot of this version counts.
+fn reasons_in(version: u16) -> usize {
+    if version == 1 { 7 } else { Reason::ALL.len() }
+}
 
 /// Why a snapshot could not be restored.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +32,9 @@ pub enum SnapshotError {
     #[error("not a swabstream state snapshot (bad magic)")]
     NotASnapshot,
     /// Written by a format version this build does not read.
-    #[error("snapshot format version {0} is not supported (this build reads version {VERSION})")]
+    #[error(
+        "snapshot format version {0} is not supported (this build reads versions 1 to {VERSION})"
+    )]
     UnsupportedVersion(u16),
     /// The checksum does not match: the bytes were damaged.
     #[error("snapshot checksum mismatch: the snapshot is damaged; restore from the log instead")]
@@ -45,17 +53,25 @@ pub enum SnapshotError {
 impl PartitionState {
     /// The state as bytes, to be restored with [`PartitionState::restore`].
     pub fn snapshot(&self) -> Vec<u8> {
+        self.snapshot_as(VERSION)
+    }
+
+    /// The snapshot in a format version; before version 2, the counts of
+    /// `WRONG_PARTITION` are left out.
+    fn snapshot_as(&self, version: u16) -> Vec<u8> {
+        let reasons = reasons_in(version);
         let mut w = Vec::with_capacity(
             64 + self.ids.len() * 16 + self.person_days.len() * 16 + self.codes.len() * 22,
         );
         w.extend_from_slice(MAGIC);
-        put_u16(&mut w, VERSION);
+        put_u16(&mut w, version);
         put_u16(&mut w, self.config.retention_days);
         put_i64(&mut w, self.next_offset.unwrap_or(-1));
         put_opt_i64(&mut w, self.watermark.map(Timestamp::micros));
         put_opt_i64(&mut w, self.swept_for.map(|d| i64::from(d.0)));
         let c = &self.counts;
-        for v in [c.accepted, c.duplicates, c.skipped].iter().chain(c.rejected.iter()) {
+        for v in [c.accepted, c.duplicates, c.skipped].iter().chain(c.rejected.iter().take(reasons))
+        {
             put_u64(&mut w, *v);
         }
 
@@ -102,7 +118,7 @@ impl PartitionState {
                     put_u64(&mut w, y);
                 }
             }
-            for x in d.methods.iter().chain(&d.reasons).chain(&d.codes) {
+            for x in d.methods.iter().chain(d.reasons.iter().take(reasons)).chain(&d.codes) {
                 put_u64(&mut w, *x);
             }
             let e = &d.exists;
@@ -135,7 +151,7 @@ impl PartitionState {
             return Err(SnapshotError::NotASnapshot);
         }
         let version = u16::from_le_bytes([bytes[6], bytes[7]]);
-        if version != VERSION {
+        if version != VERSION && version != 1 {
             return Err(SnapshotError::UnsupportedVersion(version));
         }
         if bytes.len() < 12 {
@@ -167,7 +183,8 @@ impl PartitionState {
             skipped: r.u64()?,
             ..OutcomeCounts::default()
         };
-        for x in counts.rejected.iter_mut() {
+        let reasons = reasons_in(version);
+        for x in counts.rejected.iter_mut().take(reasons) {
             *x = r.u64()?;
         }
         s.counts = counts;
@@ -206,7 +223,7 @@ impl PartitionState {
             v.sites.push(text.into());
             v.site_index.insert(text.into(), i as u32);
         }
-        let n = r.count(4 + 8 * (6 + 16 * 4 + 6 + 7 + 16) + 7)?;
+        let n = r.count(4 + 8 * (6 + 16 * 4 + 6 + reasons + 16) + 7)?;
         for i in 0..n {
             let day = Day(r.i32()?);
             let city = CityCounts {
@@ -227,8 +244,11 @@ impl PartitionState {
                 };
             }
             let mut rows = DayRows { day, city, districts, ..DayRows::default() };
-            for x in
-                rows.methods.iter_mut().chain(rows.reasons.iter_mut()).chain(rows.codes.iter_mut())
+            for x in rows
+                .methods
+                .iter_mut()
+                .chain(rows.reasons.iter_mut().take(reasons))
+                .chain(rows.codes.iter_mut())
             {
                 *x = r.u64()?;
             }
@@ -338,5 +358,33 @@ impl<'a> Reader<'a> {
             return Err(SnapshotError::Malformed("a count exceeds the bytes present"));
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Record, placement::Placement};
+
+    #[test]
+    fn a_version_1_snapshot_still_restores() {
+        // A store written before WRONG_PARTITION existed holds version 1.
+        let mut s = PartitionState::new(CoreConfig::default());
+        s.set_placement(Placement::new(0, 1));
+        let mut dlq = Vec::new();
+        for (i, p) in [&b"garbage"[..], b"", b"\xc3\x01"].into_iter().enumerate() {
+            let ts = Timestamp::from_secs(1_649_433_600);
+            s.apply(
+                Record { offset: i as i64, timestamp: ts, key: None, payload: Some(p) },
+                &mut dlq,
+            );
+        }
+        let old = s.snapshot_as(1);
+        assert_eq!(u16::from_le_bytes([old[6], old[7]]), 1);
+        let restored = PartitionState::restore(&old, CoreConfig::default()).unwrap();
+        assert_eq!(restored.views(), s.views());
+        assert_eq!(restored.counts(), s.counts());
+        assert_eq!(restored.snapshot(), s.snapshot(), "and it is rewritten as version 2");
+        assert!(old.len() < s.snapshot().len());
     }
 }

@@ -9,6 +9,7 @@ use swabstream_views::{ViewRow, ViewSet};
 
 use crate::effects::{DlqRecord, Outcome, OutcomeCounts};
 use crate::keys::{CodeKey, CodeSlot, EventKey, IdSlot, PersonDayKey, PersonKey};
+use crate::placement::Placement;
 use crate::table::FpTable;
 use crate::views::PartitionViews;
 
@@ -42,6 +43,10 @@ pub struct Record<'a> {
     /// [`Record::NO_TIMESTAMP`]. One outside [`Timestamp::MIN`]..=[`Timestamp::MAX`]
     /// (none included) makes the record `MALFORMED`: see [`PartitionState::apply`].
     pub timestamp: Timestamp,
+    /// The record's key; `None` for a record without one. With a
+    /// [`Placement`] set, it must be the event's `person_ref` as 64 lowercase
+    /// hex characters, partitioned into this partition (SPEC §3.1).
+    pub key: Option<&'a [u8]>,
     /// The record's value; `None` for a record without one (a tombstone).
     pub payload: Option<&'a [u8]>,
 }
@@ -83,6 +88,9 @@ pub struct PartitionState {
     pub(crate) codes: FpTable<CodeSlot>,
     pub(crate) views: PartitionViews,
     pub(crate) counts: OutcomeCounts,
+    /// Which partition of how many this is, if its owner said: the owner's
+    /// fact, not state, so never in a snapshot.
+    placement: Option<Placement>,
 }
 
 impl PartitionState {
@@ -99,7 +107,21 @@ impl PartitionState {
             codes: FpTable::default(),
             views: PartitionViews::default(),
             counts: OutcomeCounts::default(),
+            placement: None,
         }
+    }
+
+    /// Tells the state which partition of the topic it is, so that rule 1
+    /// (SPEC §3.1) checks each record's key and partition: one that does not
+    /// belong here is `WRONG_PARTITION`. Without a placement (the default, and
+    /// after [`Self::restore`]: it is not state) the check is skipped.
+    pub fn set_placement(&mut self, placement: Option<Placement>) {
+        self.placement = placement;
+    }
+
+    /// Which partition of the topic this is, if set.
+    pub fn placement(&self) -> Option<Placement> {
+        self.placement
     }
 
     /// The settings this state was made with.
@@ -132,17 +154,25 @@ impl PartitionState {
     /// the day of its event's `occurred_at` if the value decodes, else on the
     /// day of the partition's watermark, else on 1970-01-01. All of these are
     /// functions of the log, never of the clock, so a replay counts the same.
+    ///
+    /// With a [`Placement`] set, rule 1 also holds the record to its partition:
+    /// a decoded record whose key is not its event's `person_ref` in lowercase
+    /// hex, or whose key murmur2 puts in another partition, is
+    /// `WRONG_PARTITION`, counted like a rejection (on the local day of its
+    /// `occurred_at`, in the district it names if known), before dedupe.
     pub fn apply(&mut self, record: Record<'_>, dlq: &mut Vec<DlqRecord>) -> Outcome {
         let prepared = self.prepare(&record);
         self.apply_prepared(&record, prepared, dlq)
     }
 
-    /// Applies an already decoded event. `payload` is the record's original
-    /// value, copied to the DLQ if the event is rejected.
+    /// Applies an already decoded event. `key` is the record's key (checked
+    /// as in [`Self::apply`]) and `payload` its original value, copied to the
+    /// DLQ if the event is rejected.
     pub fn apply_event(
         &mut self,
         offset: i64,
         record_ts: Timestamp,
+        key: Option<&[u8]>,
         event: &Event<'_>,
         payload: &[u8],
         dlq: &mut Vec<DlqRecord>,
@@ -159,7 +189,7 @@ impl PartitionState {
             return self.malformed(offset, day, payload, &e.to_string(), dlq);
         }
         let keys = Keys::of(event);
-        self.apply_decoded(offset, record_ts, event, &keys, payload, dlq)
+        self.apply_decoded(offset, record_ts, key, event, &keys, payload, dlq)
     }
 
     /// Applies records in order and returns what they produced; the rows
@@ -223,7 +253,7 @@ impl PartitionState {
                 self.malformed(offset, day, payload, &e.to_string(), dlq)
             }
             Prepared::Event(event, keys) => {
-                self.apply_decoded(offset, ts, &event, &keys, payload, dlq)
+                self.apply_decoded(offset, ts, record.key, &event, &keys, payload, dlq)
             }
         }
     }
@@ -238,11 +268,14 @@ impl PartitionState {
         }
     }
 
-    /// Rule 1's check of the record timestamp, then the rules of the event.
+    /// Rule 1's checks of the record timestamp and of the record's key and
+    /// partition, then the rules of the event.
+    #[allow(clippy::too_many_arguments)]
     fn apply_decoded(
         &mut self,
         offset: i64,
         record_ts: Timestamp,
+        key: Option<&[u8]>,
         event: &Event<'_>,
         keys: &Keys,
         payload: &[u8],
@@ -251,6 +284,18 @@ impl PartitionState {
         if !record_ts.is_in_range() {
             let day = self.malformed_day(record_ts, Some(event.occurred_at));
             return self.malformed(offset, day, payload, &record_timestamp_problem(record_ts), dlq);
+        }
+        // Before dedupe: a misrouted copy must not make a correctly routed
+        // one of the same event a duplicate, and it changes no state.
+        if let Some(why) = self.placement.and_then(|p| p.misplaced(key, &event.person_ref.0)) {
+            let district = match &event.body {
+                Body::SampleScanned(s) => district_index(&s.district),
+                _ => None,
+            };
+            let reason = Reason::WrongPartition;
+            self.views.count_rejection(event.occurred_at.local_day(), reason, district);
+            dlq.push(DlqRecord { offset, reason, detail: why, payload: payload.to_vec() });
+            return self.finish(offset, Outcome::Rejected(reason));
         }
         self.apply_keyed(offset, record_ts, event, keys, payload, dlq)
     }

@@ -1,7 +1,7 @@
 //! A partition's partial views, with the rows changed since they were last taken.
 //!
 //! Per day, the city, district, method, rejection and code counters sit in
-//! fixed arrays (16 districts, 6 methods, 7 reasons, 4×4 kinds×channels), so
+//! fixed arrays (16 districts, 6 methods, 8 reasons, 4×4 kinds×channels), so
 //! the hot path indexes instead of hashing; only site-hours live in a hash
 //! map. A row exists once a count of it was touched, exactly as SPEC §4's
 //! views hold rows, and is "dirty" until [`PartitionViews::take_changes`]
@@ -33,12 +33,15 @@ pub(crate) struct DistrictCounts {
     pub rejected: u64,
 }
 
+const _: () = assert!(Reason::ALL.len() <= 8, "RowBits::reasons is a u8");
+
 /// Bit sets of which rows of a day exist, and which changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RowBits {
     pub city: bool,
     pub districts: u16,
     pub methods: u8,
+    /// Bit [`Reason::index`]: eight reasons fit.
     pub reasons: u8,
     /// Bit `kind * 4 + channel`.
     pub codes: u16,
@@ -61,7 +64,7 @@ pub(crate) struct DayRows {
     pub city: CityCounts,
     pub districts: [DistrictCounts; 16],
     pub methods: [u64; 6],
-    pub reasons: [u64; 7],
+    pub reasons: [u64; Reason::ALL.len()],
     pub codes: [u64; 16],
     pub exists: RowBits,
     pub dirty: RowBits,

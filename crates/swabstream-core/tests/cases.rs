@@ -14,12 +14,20 @@
 //!   event; `"person_ref":"@alice"` stands for a 64-hex pseudonym made from
 //!   the name. `!raw <hex or text> => outcome` is a record with those raw bytes.
 //!   Outcomes: `accepted`, `duplicate`, `rejected REASON`.
+//! - A JSON record's key is its `person_ref` in hex (a raw record has none),
+//!   unless the line starts with `!key=SPEC`: `none`, `upper` (the hex in
+//!   uppercase) or `@name` (another person's pseudonym).
+//! - `@placement P/N` makes the partition partition P of N (SPEC §3.1 then
+//!   checks each record's key and partition); `@placement none` undoes it.
+//!   The pseudonym of `@name` lands in these partitions by murmur2: `@a` 0 of
+//!   4 and 0 of 8, `@alice` 2 and 2, `@bob` 1 and 1, `@carol` 3 and 7, `@dave`
+//!   3 and 3, `@grace` 2 and 6.
 //! - `== views` then one line per row, all rows the case must produce, in any
 //!   order (`percent_using_code` is derived and left out).
 
 use std::collections::BTreeMap;
 
-use swabstream_core::{CoreConfig, DlqRecord, Outcome, PartitionState, Record};
+use swabstream_core::{CoreConfig, DlqRecord, Outcome, PartitionState, Placement, Record};
 use swabstream_events::avro::Codec;
 use swabstream_events::{Reason, Timestamp, json};
 use swabstream_views::{ViewRow, ViewSet};
@@ -27,8 +35,17 @@ use swabstream_views::{ViewRow, ViewSet};
 struct Case {
     name: String,
     file: String,
-    records: Vec<(Timestamp, Vec<u8>, Outcome, usize)>,
+    records: Vec<Rec>,
     expected: Vec<String>,
+}
+
+struct Rec {
+    ts: Timestamp,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    placement: Option<Placement>,
+    outcome: Outcome,
+    line: usize,
 }
 
 fn expand(text: &str, day: &str) -> String {
@@ -78,6 +95,7 @@ fn load_cases() -> Vec<Case> {
         let mut day = String::from("2022-04-09");
         let mut ts = Timestamp::parse_rfc3339("2022-04-10T12:00:00+08:00").unwrap();
         let mut in_views = false;
+        let mut placement = None;
         for (n, line) in text.lines().enumerate() {
             let n = n + 1;
             let line = line.trim();
@@ -89,6 +107,7 @@ fn load_cases() -> Vec<Case> {
                     expected: vec![],
                 });
                 in_views = false;
+                placement = None;
                 continue;
             }
             if line.is_empty() || line.starts_with('#') {
@@ -103,6 +122,18 @@ fn load_cases() -> Vec<Case> {
                 case.expected.push(line.split_whitespace().collect::<Vec<_>>().join(" "));
             } else if let Some(d) = line.strip_prefix("@day ") {
                 day = d.trim().to_owned();
+            } else if let Some(p) = line.strip_prefix("@placement ") {
+                placement =
+                    match p.trim() {
+                        "none" => None,
+                        p => {
+                            let (part, count) = p.split_once('/').expect("@placement P/N");
+                            let p = Placement::new(part.parse().unwrap(), count.parse().unwrap());
+                            Some(p.unwrap_or_else(|| {
+                                panic!("{file}:{n}: a partition outside its topic")
+                            }))
+                        }
+                    };
             } else if let Some(t) = line.strip_prefix("@ts ") {
                 let t = expand(&format!("\"{}\"", t.trim()), &day);
                 ts = Timestamp::parse_rfc3339(t.trim_matches('"'))
@@ -111,18 +142,40 @@ fn load_cases() -> Vec<Case> {
                 let (input, outcome) =
                     line.rsplit_once("=>").unwrap_or_else(|| panic!("{file}:{n}: no `=> outcome`"));
                 let outcome = parse_outcome(outcome);
-                let input = input.trim();
-                let payload = if let Some(raw) = input.strip_prefix("!raw ") {
+                let mut input = input.trim();
+                let mut key_spec = None;
+                if let Some(rest) = input.strip_prefix("!key=") {
+                    let (spec, rest) = rest.split_once(' ').expect("!key=SPEC then the record");
+                    key_spec = Some(spec);
+                    input = rest.trim();
+                }
+                let (payload, own_key) = if let Some(raw) = input.strip_prefix("!raw ") {
                     let raw = raw.trim();
-                    hex_or_text(raw)
+                    (hex_or_text(raw), None)
                 } else {
                     let event = json::parse_event(&expand(input, &day))
                         .unwrap_or_else(|e| panic!("{file}:{n}: {e}"));
                     let mut buf = Vec::new();
                     codec.encode(&event, &mut buf);
-                    buf
+                    (buf, Some(event.person_ref.to_hex()))
                 };
-                case.records.push((ts, payload, outcome, n));
+                let key = match key_spec {
+                    None => own_key,
+                    Some("none") => None,
+                    Some("upper") => own_key.map(|k| k.to_uppercase()),
+                    Some(name) if name.starts_with('@') => {
+                        Some(expand(&format!("\"{name}\""), &day).trim_matches('"').to_owned())
+                    }
+                    Some(other) => panic!("{file}:{n}: bad key `{other}`"),
+                };
+                case.records.push(Rec {
+                    ts,
+                    key: key.map(String::into_bytes),
+                    payload,
+                    placement,
+                    outcome,
+                    line: n,
+                });
             }
         }
     }
@@ -205,9 +258,15 @@ fn every_case_gives_its_outcomes_and_views() {
         let mut whole = PartitionState::new(CoreConfig::default());
         let mut stepped = PartitionState::new(CoreConfig::default());
         let mut store: BTreeMap<String, ViewRow> = BTreeMap::new();
-        for (i, (ts, payload, expected, line)) in case.records.iter().enumerate() {
-            let record =
-                Record { offset: i as i64 * 3 + 7, timestamp: *ts, payload: Some(payload) };
+        for (i, rec) in case.records.iter().enumerate() {
+            let Rec { ts, key, payload, placement, outcome: expected, line } = rec;
+            let record = Record {
+                offset: i as i64 * 3 + 7,
+                timestamp: *ts,
+                key: key.as_deref(),
+                payload: Some(payload),
+            };
+            whole.set_placement(*placement);
             let mut dlq: Vec<DlqRecord> = Vec::new();
             let got = whole.apply(record, &mut dlq);
             if got != *expected {
@@ -222,12 +281,22 @@ fn every_case_gives_its_outcomes_and_views() {
                     assert_eq!(dlq[0].reason, reason);
                     assert_eq!(&dlq[0].payload, payload, "the DLQ holds the original bytes");
                     assert_eq!(dlq[0].offset, record.offset);
-                    assert_eq!(reason == Reason::Malformed, !dlq[0].detail.is_empty());
+                    assert_eq!(
+                        matches!(reason, Reason::Malformed | Reason::WrongPartition),
+                        !dlq[0].detail.is_empty()
+                    );
+                    if let Some(k) = key.as_deref().filter(|k| !k.is_empty()) {
+                        let k = String::from_utf8_lossy(k).to_lowercase();
+                        assert!(!dlq[0].detail.to_lowercase().contains(&k), "a key in the detail");
+                    }
                 }
                 _ => assert!(dlq.is_empty()),
             }
             // The same record through a state restored from a snapshot taken just before it.
+            // The placement is the owner's fact, not state: it is set again.
             stepped = PartitionState::restore(&stepped.snapshot(), CoreConfig::default()).unwrap();
+            assert_eq!(stepped.placement(), None, "a placement in the snapshot");
+            stepped.set_placement(*placement);
             assert_eq!(
                 stepped.apply(record, &mut Vec::new()),
                 got,

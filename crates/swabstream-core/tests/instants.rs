@@ -216,8 +216,12 @@ fn instants_out_of_range_are_malformed_and_counted_on_a_day_that_reads_back() {
         let mut state = PartitionState::new(CoreConfig::default());
         for (i, step) in case.steps.iter().enumerate() {
             let mut dlq: Vec<DlqRecord> = Vec::new();
-            let record =
-                Record { offset: i as i64, timestamp: step.ts, payload: Some(&step.payload) };
+            let record = Record {
+                offset: i as i64,
+                timestamp: step.ts,
+                key: None,
+                payload: Some(&step.payload),
+            };
             let got = state.apply(record, &mut dlq);
             if got != step.outcome {
                 failures.push(format!(
@@ -257,7 +261,7 @@ fn the_edges_give_their_own_days_and_hours() {
     let mut state = PartitionState::new(CoreConfig::default());
     for (i, t) in [Timestamp::MIN, Timestamp::MAX].into_iter().enumerate() {
         let payload = avro(&scan(&format!("e{i}"), t));
-        let r = Record { offset: i as i64, timestamp: t, payload: Some(&payload) };
+        let r = Record { offset: i as i64, timestamp: t, key: None, payload: Some(&payload) };
         assert_eq!(state.apply(r, &mut Vec::new()), Outcome::Accepted);
     }
     let hours: Vec<(String, u8)> =
@@ -271,7 +275,7 @@ fn an_event_built_out_of_range_is_malformed_through_apply_event_too() {
     let mut state = PartitionState::new(CoreConfig::default());
     let e = scan("e1", YEAR_10000);
     let mut dlq = Vec::new();
-    let got = state.apply_event(0, YEAR_10000, &e, &avro(&e), &mut dlq);
+    let got = state.apply_event(0, YEAR_10000, None, &e, &avro(&e), &mut dlq);
     assert_eq!(got, Outcome::Rejected(Reason::Malformed));
     assert!(dlq[0].detail.contains("field `occurred_at`"), "{}", dlq[0].detail);
     // Neither the record timestamp nor occurred_at can name a day: 1970-01-01.
@@ -279,7 +283,7 @@ fn an_event_built_out_of_range_is_malformed_through_apply_event_too() {
         state.views().rejections_daily.iter().map(|r| r.day.to_string()).collect();
     assert_eq!(days, ["1970-01-01"]);
     let e = scan("e2", SCAN_AT);
-    let got = state.apply_event(1, Record::NO_TIMESTAMP, &e, &avro(&e), &mut dlq);
+    let got = state.apply_event(1, Record::NO_TIMESTAMP, None, &e, &avro(&e), &mut dlq);
     assert_eq!(got, Outcome::Rejected(Reason::Malformed));
     assert!(dlq[1].detail.contains("record timestamp is missing"), "{}", dlq[1].detail);
     assert_views_read_back(&state.views());
@@ -402,9 +406,12 @@ fn apply(state: &mut PartitionState, i: usize, r: &Rec, payload: &[u8]) -> Outco
     let mut dlq = Vec::new();
     let ts = record_ts(r);
     if r.direct {
-        state.apply_event(i as i64, ts, &r.event, payload, &mut dlq)
+        state.apply_event(i as i64, ts, None, &r.event, payload, &mut dlq)
     } else {
-        state.apply(Record { offset: i as i64, timestamp: ts, payload: Some(payload) }, &mut dlq)
+        state.apply(
+            Record { offset: i as i64, timestamp: ts, key: None, payload: Some(payload) },
+            &mut dlq,
+        )
     }
 }
 

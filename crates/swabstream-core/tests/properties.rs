@@ -5,15 +5,19 @@
 //! - a snapshot at any offset, restored and continued, gives the same views
 //!   and counts as one uninterrupted run;
 //! - duplicating any subset of events changes only `duplicates`;
-//! - outcomes and views are a pure function of the log.
+//! - outcomes and views are a pure function of the log;
+//! - records keyed by their hex `person_ref` and routed by murmur2 are never
+//!   `WRONG_PARTITION`, and judged exactly as without the check; moved to any
+//!   other partition, a decodable one always is.
 
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use swabstream_core::{CoreConfig, Outcome, PartitionState, Record};
+use swabstream_core::placement::partition_of;
+use swabstream_core::{CoreConfig, Outcome, PartitionState, Placement, Record};
 use swabstream_events::avro::Codec;
 use swabstream_events::{
-    Body, Channel, CodeIssued, CodeKind, Day, Event, Identification, PersonRef,
+    Body, Channel, CodeIssued, CodeKind, Day, Event, Identification, PersonRef, Reason,
     RelativeCodeAudited, SampleScanned, Timestamp, Verification,
 };
 use swabstream_views::{ViewRow, ViewSet};
@@ -128,7 +132,7 @@ fn run(log: &[Rec]) -> (PartitionState, Vec<Outcome>) {
         .enumerate()
         .map(|(i, r)| {
             s.apply(
-                Record { offset: i as i64, timestamp: r.ts, payload: Some(&r.payload) },
+                Record { offset: i as i64, timestamp: r.ts, key: None, payload: Some(&r.payload) },
                 &mut dlq,
             )
         })
@@ -158,7 +162,7 @@ proptest! {
         let mut start = 0;
         for end in cut_at {
             let batch: Vec<Record<'_>> = (start..end)
-                .map(|i| Record { offset: i as i64, timestamp: log[i].ts, payload: Some(&log[i].payload) })
+                .map(|i| Record { offset: i as i64, timestamp: log[i].ts, key: None, payload: Some(&log[i].payload) })
                 .collect();
             s.apply_batch(&batch, &mut Vec::new());
             for row in s.take_changes() {
@@ -180,7 +184,7 @@ proptest! {
         let mut dlq = Vec::new();
         for (i, r) in log.iter().enumerate() {
             // Records up to the snapshot are redelivered, as after a crash; they must be skipped.
-            let o = s.apply(Record { offset: i as i64, timestamp: r.ts, payload: Some(&r.payload) }, &mut dlq);
+            let o = s.apply(Record { offset: i as i64, timestamp: r.ts, key: None, payload: Some(&r.payload) }, &mut dlq);
             if i < k {
                 prop_assert_eq!(o, Outcome::Skipped);
             } else {
@@ -233,6 +237,55 @@ proptest! {
             prop_assert_eq!(row.duplicates - before, expected_per_day.get(&row.day).copied().unwrap_or(0));
         }
         prop_assert_eq!(dup.counts().duplicates - original.counts().duplicates, inserts.len() as u64);
+    }
+
+    #[test]
+    fn records_routed_by_murmur2_are_never_wrong_partition(
+        log in log(),
+        people in prop::collection::vec(any::<[u8; 32]>(), 4),
+        partitions in 1i32..12,
+        shift in 1i32..12,
+    ) {
+        // The small world's four persons, given random pseudonyms so that
+        // they spread over the partitions.
+        let log: Vec<Rec> = log
+            .into_iter()
+            .map(|mut r| {
+                if let Some(e) = &mut r.event {
+                    e.person_ref = PersonRef(people[usize::from(e.person_ref.0[0] - 1)]);
+                    r.payload.clear();
+                    Codec::shared().encode(e, &mut r.payload);
+                }
+                r
+            })
+            .collect();
+        let key = |r: &Rec| r.event.as_ref().map(|e| e.person_ref.to_hex().into_bytes());
+        let home = |r: &Rec| key(r).map_or(0, |k| partition_of(&k, partitions as u32));
+        for p in 0..partitions {
+            let part: Vec<&Rec> = log.iter().filter(|r| home(r) == p).collect();
+            let mut checked = PartitionState::new(CoreConfig::default());
+            checked.set_placement(Placement::new(p, partitions));
+            let mut unchecked = PartitionState::new(CoreConfig::default());
+            for (i, r) in part.iter().enumerate() {
+                let k = key(r);
+                let rec = Record { offset: i as i64, timestamp: r.ts, key: k.as_deref(), payload: Some(&r.payload) };
+                let got = checked.apply(rec, &mut Vec::new());
+                prop_assert_ne!(got, Outcome::Rejected(Reason::WrongPartition));
+                prop_assert_eq!(got, unchecked.apply(Record { key: None, ..rec }, &mut Vec::new()));
+            }
+            prop_assert_eq!(checked.views(), unchecked.views());
+        }
+        // The same records, each in another partition: every decodable one is misrouted.
+        if partitions > 1 {
+            for (i, r) in log.iter().filter(|r| r.event.is_some()).enumerate() {
+                let wrong = (home(r) + 1 + shift % (partitions - 1)) % partitions;
+                let mut s = PartitionState::new(CoreConfig::default());
+                s.set_placement(Placement::new(wrong, partitions));
+                let k = key(r);
+                let rec = Record { offset: i as i64, timestamp: r.ts, key: k.as_deref(), payload: Some(&r.payload) };
+                prop_assert_eq!(s.apply(rec, &mut Vec::new()), Outcome::Rejected(Reason::WrongPartition));
+            }
+        }
     }
 
     #[test]

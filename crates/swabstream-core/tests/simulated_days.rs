@@ -2,7 +2,8 @@
 //! from what it injected, without this crate (it does not depend on it), so
 //! these tests compare two independent derivations of the same views.
 
-use swabstream_core::{CoreConfig, PartitionState, Record};
+use swabstream_core::placement::partition_of;
+use swabstream_core::{CoreConfig, PartitionState, Placement, Record};
 use swabstream_events::Day;
 use swabstream_events::avro::Codec;
 use swabstream_sim::{SimConfig, simulate};
@@ -13,18 +14,29 @@ fn check(people: u64, seed: u64, day: &str, partitions: usize) {
     let sim = simulate(&cfg);
     let codec = Codec::shared();
     let ts = cfg.day.start().plus_secs(2 * 86_400);
-    let mut states: Vec<PartitionState> =
-        (0..partitions).map(|_| PartitionState::new(CoreConfig::default())).collect();
+    // Keyed and routed as a producer does, with each partition checking it.
+    let mut states: Vec<PartitionState> = (0..partitions)
+        .map(|p| {
+            let mut s = PartitionState::new(CoreConfig::default());
+            s.set_placement(Placement::new(p as i32, partitions as i32));
+            s
+        })
+        .collect();
     let mut dlq = Vec::new();
     let mut payload = Vec::new();
     for e in &sim.events {
         payload.clear();
         codec.encode(e, &mut payload);
-        let p = usize::from(e.person_ref.0[0]) % partitions;
+        let key = e.person_ref.to_hex();
+        let p = partition_of(key.as_bytes(), partitions as u32) as usize;
         let offset = states[p].next_offset().unwrap_or(0);
-        states[p].apply(Record { offset, timestamp: ts, payload: Some(&payload) }, &mut dlq);
+        states[p].apply(
+            Record { offset, timestamp: ts, key: Some(key.as_bytes()), payload: Some(&payload) },
+            &mut dlq,
+        );
     }
-    assert!(dlq.iter().all(|d| d.reason != swabstream_events::Reason::Malformed));
+    use swabstream_events::Reason::{Malformed, WrongPartition};
+    assert!(dlq.iter().all(|d| !matches!(d.reason, Malformed | WrongPartition)));
     let views = ViewSet::sum(states.iter().map(PartitionState::views));
     let diffs = views.differences(&sim.truth);
     assert!(

@@ -207,7 +207,9 @@ symbols! {
 }
 
 symbols! {
-    /// Why a record was rejected (SPEC §3), in the order the rules apply.
+    /// Why a record was rejected (SPEC §3): `MALFORMED` and the rule-3 reasons
+    /// in the order the rules apply, then `WRONG_PARTITION` (rule 1, added
+    /// later: a reason's index is fixed once released, since snapshots count by it).
     Reason {
         /// Undecodable, or a field is missing or ill-typed.
         Malformed = "MALFORMED",
@@ -223,6 +225,10 @@ symbols! {
         CodeNotLive = "CODE_NOT_LIVE",
         /// A relative code whose relationship is not verified.
         RelativeUnverified = "RELATIVE_UNVERIFIED",
+        /// The record's key is not its event's `person_ref` (lowercase hex), or
+        /// the record is not in the partition murmur2(key) mod the partition
+        /// count: the person's events would not share one partition.
+        WrongPartition = "WRONG_PARTITION",
     }
 }
 

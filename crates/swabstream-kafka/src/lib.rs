@@ -14,12 +14,13 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::types::RDKafkaErrorCode;
 
 pub mod dlq;
-mod partition;
 mod producer;
 pub mod worker;
 
-pub use partition::partition_of;
 pub use producer::{Delivery, Publisher, WaitError};
+/// Kafka's default partitioner of keyed records; it lives in the core, which
+/// checks every record against it (SPEC §3.1).
+pub use swabstream_core::placement::partition_of;
 
 /// Where the cluster is and how to talk to it.
 #[derive(Clone, Debug, Default)]

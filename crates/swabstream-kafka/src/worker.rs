@@ -81,25 +81,32 @@ pub struct Report {
 #[derive(Debug, Default)]
 struct Pending {
     bytes: Vec<u8>,
-    items: Vec<(i64, Timestamp, Option<Range<usize>>)>,
+    /// Offset, timestamp, and where the key and the value are in `bytes`.
+    items: Vec<(i64, Timestamp, Span, Span)>,
 }
 
+/// Where a record's key or value is in [`Pending::bytes`]; `None` if it has none.
+type Span = Option<Range<usize>>;
+
 impl Pending {
-    fn push(&mut self, offset: i64, ts: Timestamp, payload: Option<&[u8]>) {
-        let range = payload.map(|p| {
+    fn push(&mut self, offset: i64, ts: Timestamp, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        let mut copy = |b: &[u8]| {
             let start = self.bytes.len();
-            self.bytes.extend_from_slice(p);
+            self.bytes.extend_from_slice(b);
             start..self.bytes.len()
-        });
-        self.items.push((offset, ts, range));
+        };
+        let key = key.map(&mut copy);
+        let range = payload.map(&mut copy);
+        self.items.push((offset, ts, key, range));
     }
 
     fn records(&self) -> Vec<Record<'_>> {
         self.items
             .iter()
-            .map(|(offset, timestamp, range)| Record {
+            .map(|(offset, timestamp, key, range)| Record {
                 offset: *offset,
                 timestamp: *timestamp,
+                key: key.clone().map(|r| &self.bytes[r]),
                 payload: range.clone().map(|r| &self.bytes[r]),
             })
             .collect()
@@ -163,6 +170,9 @@ struct Engine {
     dlq: Option<Publisher>,
     dlq_topic: String,
     core: CoreConfig,
+    /// The topic's partition count, set before the first claim: the core
+    /// checks each record's partition against it (SPEC §3.1).
+    partitions: i32,
     snapshot_interval: Duration,
     report: Report,
     stop: Arc<AtomicBool>,
@@ -186,6 +196,7 @@ impl Engine {
             dlq,
             dlq_topic: opts.dlq_topic.clone(),
             core: opts.core,
+            partitions: 0,
             snapshot_interval: opts.snapshot_interval,
             report: Report::default(),
             stop,
@@ -205,7 +216,14 @@ impl Engine {
             &format!("claiming partition {partition}"),
             &self.store.describe(),
             &stop,
-            || PartitionRunner::claim_or_rebuild(&mut *self.store, partition, self.core),
+            || {
+                PartitionRunner::claim_or_rebuild(
+                    &mut *self.store,
+                    partition,
+                    self.partitions,
+                    self.core,
+                )
+            },
         )
         .with_context(|| format!("claiming partition {partition}"))?;
         let took = started.elapsed();
@@ -277,7 +295,14 @@ impl Engine {
         }
     }
 
-    fn push(&mut self, partition: i32, offset: i64, ts: Timestamp, payload: Option<&[u8]>) {
+    fn push(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        ts: Timestamp,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) {
         // Records of a partition no longer ours (revoked, or fenced off) are
         // left to the partition's new owner.
         if let Some(part) = self.parts.get_mut(&partition) {
@@ -285,7 +310,7 @@ impl Engine {
                 part.at_end = true;
                 return;
             }
-            part.pending.push(offset, ts, payload);
+            part.pending.push(offset, ts, key, payload);
             part.at_end = false;
         }
     }
@@ -857,7 +882,7 @@ fn poll_batch<C: ConsumerContext>(
             }
             Some(Ok(m)) => {
                 let ts = timestamp_of(&m);
-                lock(engine).push(m.partition(), m.offset(), ts, m.payload());
+                lock(engine).push(m.partition(), m.offset(), ts, m.key(), m.payload());
                 n += 1;
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -936,6 +961,7 @@ pub fn run(
     let consumer: BaseConsumer<Ctx> = cluster
         .config(Role::Consumer, &consumer_defaults(&opts.group_id))
         .create_with_context(ctx)?;
+    lock(&engine).partitions = partitions;
     consumer.subscribe(&[&opts.topic])?;
     tracing::info!(topic = %opts.topic, group = %opts.group_id, "worker started");
     let mut touched = Instant::now();
@@ -1040,6 +1066,7 @@ pub fn replay(
     let consumer: BaseConsumer<Quiet> = cluster
         .config(Role::Consumer, &consumer_defaults("swabstream-replay"))
         .create_with_context(Quiet)?;
+    engine.partitions = partitions;
     let mut ends = BTreeMap::new();
     let mut start = TopicPartitionList::new();
     for p in 0..partitions {

@@ -24,7 +24,7 @@
 //! views step back while analysts watch).
 
 use swabstream_core::{
-    CoreConfig, DlqRecord, OutcomeCounts, PartitionState, Record, SnapshotError,
+    CoreConfig, DlqRecord, OutcomeCounts, PartitionState, Placement, Record, SnapshotError,
 };
 use swabstream_store::{StoreError, ViewStore};
 
@@ -38,6 +38,13 @@ pub enum PipelineError {
     /// The stored snapshot cannot be restored.
     #[error("partition {partition}: {source}")]
     Snapshot { partition: i32, source: SnapshotError },
+    /// The partition is not one of the topic's as this worker counted them
+    /// (the topic grew while it ran).
+    #[error(
+        "partition {partition} is outside a topic of {partitions} partitions as this worker \
+         counted them; restart the worker"
+    )]
+    OutsideTopic { partition: i32, partitions: i32 },
 }
 
 impl PipelineError {
@@ -90,13 +97,18 @@ pub struct PartitionRunner {
 }
 
 impl PartitionRunner {
-    /// Claims `partition` in the store (fencing off any earlier owner),
-    /// restores its state from the last snapshot, and says where to resume.
+    /// Claims `partition` of a topic of `partitions` in the store (fencing
+    /// off any earlier owner), restores its state from the last snapshot, and
+    /// says where to resume. The state checks that each record belongs in
+    /// this partition (SPEC §3.1: `WRONG_PARTITION`).
     pub fn claim(
         store: &mut dyn ViewStore,
         partition: i32,
+        partitions: i32,
         config: CoreConfig,
     ) -> Result<(PartitionRunner, Resume), PipelineError> {
+        let placement = Placement::new(partition, partitions)
+            .ok_or(PipelineError::OutsideTopic { partition, partitions })?;
         let claim = store.claim(partition)?;
         let checkpoint = claim.checkpoint.as_ref().map_or(0, |c| c.next_offset);
         let (state, resume) = match claim.checkpoint.and_then(|c| c.snapshot) {
@@ -107,14 +119,18 @@ impl PartitionRunner {
             }
             None => (PartitionState::new(config), Resume::Beginning),
         };
-        let runner = PartitionRunner {
-            partition,
-            epoch: claim.epoch,
+        Ok((PartitionRunner::new(placement, claim.epoch, state, checkpoint), resume))
+    }
+
+    fn new(placement: Placement, epoch: i64, mut state: PartitionState, checkpoint: i64) -> Self {
+        state.set_placement(Some(placement));
+        PartitionRunner {
+            partition: placement.partition(),
+            epoch,
             state,
             checkpoint,
             written: checkpoint,
-        };
-        Ok((runner, resume))
+        }
     }
 
     /// Like [`Self::claim`], but a snapshot that cannot be read back (a
@@ -136,14 +152,13 @@ impl PartitionRunner {
     pub fn claim_or_rebuild(
         store: &mut dyn ViewStore,
         partition: i32,
+        partitions: i32,
         config: CoreConfig,
     ) -> Result<(PartitionRunner, Resume, Option<String>), PipelineError> {
-        let fresh = |epoch: i64, checkpoint: i64| PartitionRunner {
-            partition,
-            epoch,
-            state: PartitionState::new(config),
-            checkpoint,
-            written: checkpoint,
+        let placement = Placement::new(partition, partitions)
+            .ok_or(PipelineError::OutsideTopic { partition, partitions })?;
+        let fresh = |epoch: i64, checkpoint: i64| {
+            PartitionRunner::new(placement, epoch, PartitionState::new(config), checkpoint)
         };
         let claim = match store.claim(partition) {
             Ok(claim) => claim,
@@ -163,13 +178,7 @@ impl PartitionRunner {
         match claim.checkpoint.and_then(|c| c.snapshot) {
             Some(snap) => match PartitionState::restore(&snap.bytes, config) {
                 Ok(state) => {
-                    let runner = PartitionRunner {
-                        partition,
-                        epoch: claim.epoch,
-                        state,
-                        checkpoint,
-                        written: checkpoint,
-                    };
+                    let runner = PartitionRunner::new(placement, claim.epoch, state, checkpoint);
                     Ok((runner, Resume::At(snap.next_offset), None))
                 }
                 Err(e) => {
@@ -334,7 +343,12 @@ mod tests {
 
     fn garbage(offsets: std::ops::Range<i64>) -> Vec<Record<'static>> {
         offsets
-            .map(|offset| Record { offset, timestamp: Timestamp(0), payload: Some(b"x") })
+            .map(|offset| Record {
+                offset,
+                timestamp: Timestamp(0),
+                key: None,
+                payload: Some(b"x"),
+            })
             .collect()
     }
 
@@ -347,15 +361,15 @@ mod tests {
             std::fs::create_dir_all(&dir).unwrap();
             let mut store = SqliteStore::open(&dir.join("views.db"), "t").unwrap();
             let config = CoreConfig::default();
-            let (mut first, _) = PartitionRunner::claim(&mut store, 0, config).unwrap();
+            let (mut first, _) = PartitionRunner::claim(&mut store, 0, 1, config).unwrap();
             first.apply(&garbage(0..10));
             first.commit(&mut store, true).unwrap();
-            assert!(PartitionRunner::claim(&mut Damaged(store, corrupt), 0, config).is_err());
+            assert!(PartitionRunner::claim(&mut Damaged(store, corrupt), 0, 1, config).is_err());
 
             let store = SqliteStore::open(&dir.join("views.db"), "t").unwrap();
             let mut damaged = Damaged(store, corrupt);
             let (mut runner, resume, why) =
-                PartitionRunner::claim_or_rebuild(&mut damaged, 0, config).unwrap();
+                PartitionRunner::claim_or_rebuild(&mut damaged, 0, 1, config).unwrap();
             assert_eq!(resume, Resume::Beginning);
             assert!(why.is_some());
             assert_eq!((runner.checkpoint(), runner.epoch()), (10, 3), "the claim stands");

@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use proptest::prelude::*;
-use swabstream_core::{CoreConfig, Outcome, PartitionState, Record};
+use swabstream_core::placement::partition_of;
+use swabstream_core::{CoreConfig, Outcome, PartitionState, Placement, Record};
 use swabstream_events::Timestamp;
 use swabstream_events::avro::Codec;
 use swabstream_pipeline::{Committed, PartitionRunner, Resume};
@@ -20,7 +21,8 @@ use swabstream_views::ViewSet;
 const PARTITIONS: usize = 2;
 
 struct Day {
-    logs: Vec<Vec<Vec<u8>>>,
+    /// Each partition's records: key (the hex `person_ref`) and value.
+    logs: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
     truth: ViewSet,
     ts: Timestamp,
     /// (partition, offset) of every record the rules reject.
@@ -34,14 +36,16 @@ fn day(people: u64, seed: u64) -> Day {
     for e in &sim.events {
         let mut b = Vec::new();
         Codec::shared().encode(e, &mut b);
-        logs[usize::from(e.person_ref.0[2]) % PARTITIONS].push(b);
+        let key = e.person_ref.to_hex().into_bytes();
+        logs[partition_of(&key, PARTITIONS as u32) as usize].push((key, b));
     }
     let ts = cfg.day.start().plus_secs(2 * 86_400);
     let mut rejected = BTreeSet::new();
     for (p, log) in logs.iter().enumerate() {
         let mut s = PartitionState::new(CoreConfig::default());
-        for (o, b) in log.iter().enumerate() {
-            let r = Record { offset: o as i64, timestamp: ts, payload: Some(b) };
+        s.set_placement(Placement::new(p as i32, PARTITIONS as i32));
+        for (o, (k, b)) in log.iter().enumerate() {
+            let r = Record { offset: o as i64, timestamp: ts, key: Some(k), payload: Some(b) };
             if let Outcome::Rejected(_) = s.apply(r, &mut Vec::new()) {
                 rejected.insert((p as i32, o as i64));
             }
@@ -83,7 +87,8 @@ fn run_with_crashes(
         let mut lives = crashes.iter().copied().map(Some).chain(std::iter::once(None));
         'lives: for crash in &mut lives {
             let (mut runner, resume) =
-                PartitionRunner::claim(&mut store, p, CoreConfig::default()).unwrap();
+                PartitionRunner::claim(&mut store, p, PARTITIONS as i32, CoreConfig::default())
+                    .unwrap();
             let mut pos = match resume {
                 Resume::Beginning => 0,
                 Resume::At(o) => o as usize,
@@ -94,7 +99,12 @@ fn run_with_crashes(
             while pos < log.len() {
                 let end = (pos + batch).min(log.len());
                 let records: Vec<Record<'_>> = (pos..end)
-                    .map(|o| Record { offset: o as i64, timestamp: d.ts, payload: Some(&log[o]) })
+                    .map(|o| Record {
+                        offset: o as i64,
+                        timestamp: d.ts,
+                        key: Some(&log[o].0),
+                        payload: Some(&log[o].1),
+                    })
                     .collect();
                 let (dlq, _) = runner.apply(&records);
                 if matches!(crash, Some((b, DiesAfter::Apply)) if b == n) {
@@ -151,13 +161,20 @@ fn a_fenced_worker_cannot_commit() {
     let d = day(300, 4);
     let db = temp_db("fenced");
     let mut store = SqliteStore::open(&db, "sampling-events").unwrap();
-    let (mut old, _) = PartitionRunner::claim(&mut store, 0, CoreConfig::default()).unwrap();
+    let (mut old, _) =
+        PartitionRunner::claim(&mut store, 0, PARTITIONS as i32, CoreConfig::default()).unwrap();
     let mut other = SqliteStore::open(&db, "sampling-events").unwrap();
-    let (_new, _) = PartitionRunner::claim(&mut other, 0, CoreConfig::default()).unwrap();
+    let (_new, _) =
+        PartitionRunner::claim(&mut other, 0, PARTITIONS as i32, CoreConfig::default()).unwrap();
     let records: Vec<Record<'_>> = d.logs[0]
         .iter()
         .enumerate()
-        .map(|(o, b)| Record { offset: o as i64, timestamp: d.ts, payload: Some(b) })
+        .map(|(o, (k, b))| Record {
+            offset: o as i64,
+            timestamp: d.ts,
+            key: Some(k),
+            payload: Some(b),
+        })
         .collect();
     old.apply(&records);
     let err = old.commit(&mut store, false).unwrap_err();
@@ -247,11 +264,17 @@ fn a_snapshot_the_store_cannot_take_does_not_stop_the_partition() {
     let db = temp_db("snapshot-refused");
     let mut store = RefusesSnapshots(SqliteStore::open(&db, "sampling-events").unwrap());
     let log = &d.logs[0];
-    let (mut runner, _) = PartitionRunner::claim(&mut store, 0, CoreConfig::default()).unwrap();
+    let (mut runner, _) =
+        PartitionRunner::claim(&mut store, 0, PARTITIONS as i32, CoreConfig::default()).unwrap();
     for (n, chunk) in (0..log.len()).collect::<Vec<_>>().chunks(100).enumerate() {
         let records: Vec<Record<'_>> = chunk
             .iter()
-            .map(|&o| Record { offset: o as i64, timestamp: d.ts, payload: Some(&log[o]) })
+            .map(|&o| Record {
+                offset: o as i64,
+                timestamp: d.ts,
+                key: Some(&log[o].0),
+                payload: Some(&log[o].1),
+            })
             .collect();
         runner.apply(&records);
         match runner.commit(&mut store, n % 2 == 0).unwrap() {
@@ -269,10 +292,16 @@ fn a_snapshot_the_store_cannot_take_does_not_stop_the_partition() {
     assert_eq!(store.offsets().unwrap(), vec![(0, log.len() as i64)]);
     assert_eq!(store.checkpoint(0).unwrap().unwrap().snapshot, None);
     let mut plain = SqliteStore::open(&db, "sampling-events").unwrap();
-    let (mut next, resume) = PartitionRunner::claim(&mut plain, 0, CoreConfig::default()).unwrap();
+    let (mut next, resume) =
+        PartitionRunner::claim(&mut plain, 0, PARTITIONS as i32, CoreConfig::default()).unwrap();
     assert_eq!(resume, Resume::Beginning);
     let records: Vec<Record<'_>> = (0..log.len())
-        .map(|o| Record { offset: o as i64, timestamp: d.ts, payload: Some(&log[o]) })
+        .map(|o| Record {
+            offset: o as i64,
+            timestamp: d.ts,
+            key: Some(&log[o].0),
+            payload: Some(&log[o].1),
+        })
         .collect();
     next.apply(&records);
     assert!(matches!(
@@ -280,7 +309,8 @@ fn a_snapshot_the_store_cannot_take_does_not_stop_the_partition() {
         Committed::Replaying { .. } | Committed::Written { .. }
     ));
     let mut one = SqliteStore::open(&temp_db("snapshot-refused-ref"), "sampling-events").unwrap();
-    let (mut reference, _) = PartitionRunner::claim(&mut one, 0, CoreConfig::default()).unwrap();
+    let (mut reference, _) =
+        PartitionRunner::claim(&mut one, 0, PARTITIONS as i32, CoreConfig::default()).unwrap();
     reference.apply(&records);
     reference.commit(&mut one, false).unwrap();
     assert_eq!(plain.views().unwrap(), one.views().unwrap());

@@ -57,7 +57,7 @@ fn main() {
         let records: Vec<Record<'_>> = payloads
             .iter()
             .enumerate()
-            .map(|(i, b)| Record { offset: i as i64, timestamp: ts, payload: Some(b) })
+            .map(|(i, b)| Record { offset: i as i64, timestamp: ts, key: None, payload: Some(b) })
             .collect();
         for batch in records.chunks(BATCH) {
             state.apply_batch(batch, &mut Vec::new());

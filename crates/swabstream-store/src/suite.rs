@@ -309,7 +309,7 @@ pub fn a_simulated_day_committed_batch_by_batch_reads_back_as_its_truth(open: &O
         let records: Vec<Record<'_>> = payloads
             .iter()
             .enumerate()
-            .map(|(i, b)| Record { offset: i as i64, timestamp: ts, payload: Some(b) })
+            .map(|(i, b)| Record { offset: i as i64, timestamp: ts, key: None, payload: Some(b) })
             .collect();
         for (n, batch) in records.chunks(97).enumerate() {
             state.apply_batch(batch, &mut Vec::new());

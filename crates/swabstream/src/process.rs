@@ -69,7 +69,10 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
         payload.clear();
         codec.encode(&event, &mut payload);
         let offset = state.next_offset().unwrap_or(0);
-        state.apply(Record { offset, timestamp: record_time, payload: Some(&payload) }, &mut dlq);
+        state.apply(
+            Record { offset, timestamp: record_time, key: None, payload: Some(&payload) },
+            &mut dlq,
+        );
         // The DLQ records would go to Kafka; here their counts in the views are what matters.
         dlq.clear();
     }
