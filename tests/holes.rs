@@ -8,27 +8,14 @@ mod common;
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Broker, Env, assert_views_equal, end_offsets, read_topic, wait_until};
+use common::{
+    Broker, Env, assert_views_equal, end_offsets, line_count, read_topic, split, wait_until,
+};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use sha2::Digest;
 use swabstream_events::Timestamp;
 use swabstream_store::ViewStore;
 use swabstream_views::ViewSet;
-
-/// Splits a JSON-lines file into two at line `at`.
-fn split(file: &std::path::Path, at: usize) -> (std::path::PathBuf, std::path::PathBuf) {
-    let text = std::fs::read_to_string(file).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    let a = file.with_extension("a.jsonl");
-    let b = file.with_extension("b.jsonl");
-    std::fs::write(&a, lines[..at].join("\n") + "\n").unwrap();
-    std::fs::write(&b, lines[at..].join("\n") + "\n").unwrap();
-    (a, b)
-}
-
-fn line_count(file: &std::path::Path) -> usize {
-    std::fs::read_to_string(file).unwrap().lines().count()
-}
 
 /// Waits for a child for at most `limit`; kills it and returns None if it
 /// is still running then.

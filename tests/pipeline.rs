@@ -8,27 +8,14 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Broker, Env, assert_views_equal, end_offsets, read_topic, wait_until};
+use common::{
+    Broker, Env, assert_views_equal, end_offsets, line_count, read_topic, split, wait_until,
+};
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use swabstream_events::Timestamp;
 use swabstream_store::ViewStore as _;
 use swabstream_views::ViewSet;
-
-/// Splits a JSON-lines file into two at line `at`.
-fn split(file: &std::path::Path, at: usize) -> (std::path::PathBuf, std::path::PathBuf) {
-    let text = std::fs::read_to_string(file).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    let a = file.with_extension("a.jsonl");
-    let b = file.with_extension("b.jsonl");
-    std::fs::write(&a, lines[..at].join("\n") + "\n").unwrap();
-    std::fs::write(&b, lines[at..].join("\n") + "\n").unwrap();
-    (a, b)
-}
-
-fn line_count(file: &std::path::Path) -> usize {
-    std::fs::read_to_string(file).unwrap().lines().count()
-}
 
 fn stop(child: &mut std::process::Child) {
     // SIGTERM: the worker commits what it applied and leaves its group.

@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Broker, Env, assert_views_equal, end_offsets, wait_until};
+use common::{Broker, Env, assert_views_equal, end_offsets, line_count, wait_until};
 use rand::{Rng, SeedableRng};
 use swabstream_store::ViewStore;
 use swabstream_store_scylla::{ScyllaSettings, ScyllaStore};
@@ -65,10 +65,6 @@ impl ScyllaEnv {
     fn stored_offsets(&self) -> i64 {
         self.store().offsets().unwrap().iter().map(|(_, o)| o).sum()
     }
-}
-
-fn line_count(file: &std::path::Path) -> usize {
-    std::fs::read_to_string(file).unwrap().lines().count()
 }
 
 #[test]

@@ -301,3 +301,19 @@ pub fn read_topic(broker: &str, topic: &str, partitions: i32) -> Vec<Read> {
     }
     out
 }
+
+/// Splits a JSON-lines file into two at line `at`.
+pub fn split(file: &Path, at: usize) -> (PathBuf, PathBuf) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let a = file.with_extension("a.jsonl");
+    let b = file.with_extension("b.jsonl");
+    std::fs::write(&a, lines[..at].join("\n") + "\n").unwrap();
+    std::fs::write(&b, lines[at..].join("\n") + "\n").unwrap();
+    (a, b)
+}
+
+/// The lines of a JSON-lines file.
+pub fn line_count(file: &Path) -> usize {
+    std::fs::read_to_string(file).unwrap().lines().count()
+}
