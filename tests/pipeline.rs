@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::{
     Broker, Env, assert_views_equal, end_offsets, line_count, read_topic, split, wait_until,
 };
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use swabstream_events::Timestamp;
 use swabstream_store::ViewStore as _;
@@ -183,19 +183,9 @@ fn exactly_once_when_the_worker_is_killed_at_random_moments() {
     let total = line_count(&events) as i64;
     assert!(total >= 200_000, "{total} events");
     // Published while the worker runs and dies.
-    let mut publish = env
-        .cmd(&["publish", events.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut publish = env.spawn_publish(&events);
 
-    let seed: u64 = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64);
-    eprintln!("CRASH_SEED={seed}");
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = common::crash_rng();
     let mut kills_mid_stream = 0;
     let mut rounds = 0;
     while kills_mid_stream < 5 {

@@ -9,12 +9,11 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{Broker, Env, assert_views_equal, end_offsets, line_count, wait_until};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use swabstream_store::ViewStore;
 use swabstream_store_scylla::{ScyllaSettings, ScyllaStore};
 use swabstream_views::ViewSet;
@@ -103,18 +102,8 @@ fn exactly_once_on_scylla_when_the_worker_is_killed_at_random_moments() {
     let env = &s.env;
     let (events, truth) = env.simulate(60_000, 13);
     let total = line_count(&events) as i64;
-    let mut publish = env
-        .cmd(&["publish", events.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let seed: u64 = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64);
-    eprintln!("CRASH_SEED={seed}");
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut publish = env.spawn_publish(&events);
+    let mut rng = common::crash_rng();
     let offsets = || std::panic::catch_unwind(|| s.stored_offsets()).unwrap_or(0);
     let mut kills_mid_stream = 0;
     let mut rounds = 0;

@@ -128,6 +128,13 @@ orphan_after = "10s"
         o
     }
 
+    /// `publish FILE` in the background, its output discarded (for tests that
+    /// publish while workers run and die).
+    pub fn spawn_publish(&self, file: &Path) -> Child {
+        let file = file.to_str().unwrap();
+        self.cmd(&["publish", file]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+    }
+
     /// A worker process; its log goes to `<dir>/<name>.log`.
     pub fn spawn_worker(&self, name: &str, extra: &[&str]) -> Child {
         let log = std::fs::OpenOptions::new()
@@ -316,4 +323,17 @@ pub fn split(file: &Path, at: usize) -> (PathBuf, PathBuf) {
 /// The lines of a JSON-lines file.
 pub fn line_count(file: &Path) -> usize {
     std::fs::read_to_string(file).unwrap().lines().count()
+}
+
+/// The random source of a crash test: seeded from `CRASH_SEED` when given
+/// (to replay a failure), else from the clock, and the seed printed.
+pub fn crash_rng() -> rand_chacha::ChaCha8Rng {
+    use rand::SeedableRng;
+    let seed: u64 =
+        std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            since.unwrap_or_default().as_nanos() as u64
+        });
+    eprintln!("CRASH_SEED={seed}");
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed)
 }
