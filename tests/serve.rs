@@ -517,6 +517,11 @@ return {
   headline: document.getElementById('people-sampled').textContent,
   freshness: document.getElementById('freshness').textContent,
   districts: rows,
+  channels: Array.from(document.querySelectorAll('#channel-table tbody tr')).map((tr) => ({
+    channel: tr.dataset.channel,
+    count: Number(tr.querySelector('.on-day').dataset.value),
+    to_date: Number(tr.querySelector('.to-date').dataset.value),
+  })),
   sites: document.querySelectorAll('#site-table tbody tr').length,
   map: !!document.querySelector('#map canvas'),
 };
@@ -540,12 +545,29 @@ fn expected_page(views: &ViewSet, day: &str) -> Value {
             })
         })
         .collect();
+    // Codes per channel: issued on the day, and on or before it.
+    let channels: Vec<Value> = ["APP", "WECHAT", "ALIPAY", "OFFLINE"]
+        .iter()
+        .map(|channel| {
+            let sum = |on_day: bool| -> u64 {
+                views
+                    .codes_issued_daily
+                    .iter()
+                    .filter(|r| r.channel == *channel)
+                    .filter(|r| if on_day { r.day == c.day } else { r.day <= c.day })
+                    .map(|r| r.count)
+                    .sum()
+            };
+            json!({ "channel": channel, "count": sum(true), "to_date": sum(false) })
+        })
+        .collect();
     json!({
         "people_sampled": c.people_sampled,
         "using_code": c.using_code,
         "valid_scans": c.valid_scans,
         "rejected": c.rejected,
         "districts": districts,
+        "channels": channels,
     })
 }
 
@@ -556,6 +578,7 @@ fn shown(page: &Value) -> Value {
         "valid_scans": page["valid_scans"],
         "rejected": page["rejected"],
         "districts": page["districts"],
+        "channels": page["channels"],
     })
 }
 
@@ -591,6 +614,11 @@ fn the_dashboard_shows_the_views_and_follows_new_events_in_a_browser() {
         .collect();
     assert_eq!(page["sites"], sites.len().min(20), "the busiest sites: {page}");
     assert!(page["map"] == true, "the district map is drawn: {page}");
+    // The simulator issues codes before the sampling day: the day's page
+    // shows them to date, not a row of zeros.
+    let to_date: u64 =
+        page["channels"].as_array().unwrap().iter().map(|c| c["to_date"].as_u64().unwrap()).sum();
+    assert!(to_date > 0, "codes issued to date are shown: {page}");
     assert!(page["freshness"].as_str().unwrap().contains("分区"), "freshness line: {page}");
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let before = shots.join("dashboard-before.png");

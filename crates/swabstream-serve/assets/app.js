@@ -18,7 +18,7 @@ const TEXT = {
     percentUsingCode: "用码比例", usingCode: "用码人数", validScans: "有效扫码", rescans: "重复采样",
     rejected: "拒收", duplicates: "重复事件", map: "各区地图", districts: "各区采样人数",
     districtTable: "各区明细", district: "区", hours: "分时采样（各采样点合计）", methods: "识别方式",
-    rejections: "拒收原因", channels: "发码渠道", sites: "最繁忙的 20 个采样点", site: "采样点",
+    rejections: "拒收原因", channels: "发码渠道", channel: "渠道", codesOnDay: "当日发码", codesToDate: "截至当日累计发码", sites: "最繁忙的 20 个采样点", site: "采样点",
     signIn: "分析员令牌", signInHelp: "请输入分析员令牌（由 swabstream credential 生成）。", go: "进入",
     asOf: "数据截至", lag: "未处理记录", stale: "数据已过期：视图库无法读取", partitions: "分区",
     connecting: "连接中…", badToken: "令牌无效", reconnecting: "连接中断，正在重连…",
@@ -32,7 +32,7 @@ const TEXT = {
     percentUsingCode: "Using code", usingCode: "Using code (people)", validScans: "Valid scans", rescans: "Rescans",
     rejected: "Rejected", duplicates: "Duplicates", map: "Districts map", districts: "People sampled by district",
     districtTable: "Districts", district: "District", hours: "By hour (sites summed)", methods: "Identification method",
-    rejections: "Rejections by reason", channels: "Codes issued by channel", sites: "The 20 busiest sites", site: "Site",
+    rejections: "Rejections by reason", channels: "Codes issued by channel", channel: "Channel", codesOnDay: "Issued on the day", codesToDate: "Issued to date", sites: "The 20 busiest sites", site: "Site",
     signIn: "Analyst token", signInHelp: "Enter your analyst token (made by swabstream credential).", go: "Open",
     asOf: "As of", lag: "records not yet counted", stale: "STALE: the view store cannot be read", partitions: "partitions",
     connecting: "connecting…", badToken: "invalid token", reconnecting: "connection lost, reconnecting…",
@@ -104,7 +104,7 @@ function render(s) {
   renderHours(s.hours);
   bars("method-chart", s.methods.map((m) => [t(m.method), m.people_sampled]));
   bars("rejection-chart", s.rejections.map((r) => [r.reason, r.count]));
-  bars("channel-chart", s.codes_by_channel.map((x) => [t(x.channel), x.count]));
+  renderChannels(s.codes_by_channel);
   renderSites(s.busiest_sites);
   document.body.dataset.day = s.day || "";
   document.body.dataset.generation = String((Number(document.body.dataset.generation) || 0) + 1);
@@ -223,6 +223,37 @@ function bars(id, pairs) {
     xAxis: { type: "value" },
     yAxis: { type: "category", data: pairs.map((p) => p[0]) },
     series: [{ type: "bar", data: pairs.map((p) => p[1]), label: { show: true, position: "right" } }],
+  }, true);
+}
+
+// Codes are issued in the days before sampling: issued on the day shows a
+// channel failing on an outage day; issued to date is what people could show.
+function renderChannels(cs) {
+  const body = $("channel-table").tBodies[0];
+  body.innerHTML = "";
+  cs.forEach((c) => {
+    const tr = document.createElement("tr");
+    tr.dataset.channel = c.channel;
+    [[t(c.channel), null, "name"], [fmt(c.count), c.count, "on-day"], [fmt(c.to_date), c.to_date, "to-date"]].forEach(([text, v, cls]) => {
+      const td = document.createElement("td");
+      td.textContent = text;
+      td.className = cls;
+      if (v !== null) td.dataset.value = String(v);
+      tr.appendChild(td);
+    });
+    body.appendChild(tr);
+  });
+  chart("channel-chart").setOption({
+    animation: ANIMATE,
+    grid: { left: 8, right: 16, top: 24, bottom: 8, containLabel: true },
+    tooltip: { trigger: "axis", axisPointer: { type: "shadow" } },
+    legend: { data: [t("codesOnDay"), t("codesToDate")] },
+    xAxis: { type: "value" },
+    yAxis: { type: "category", data: cs.map((c) => t(c.channel)) },
+    series: [
+      { name: t("codesOnDay"), type: "bar", data: cs.map((c) => c.count), label: { show: true, position: "right" } },
+      { name: t("codesToDate"), type: "bar", data: cs.map((c) => c.to_date), label: { show: true, position: "right" } },
+    ],
   }, true);
 }
 

@@ -2,6 +2,13 @@
 //! per hour (site hours summed), per method, rejections by reason, codes
 //! issued by kind and channel, and the busiest sites — all sums of the §4
 //! views, so every number here can be checked against them.
+//!
+//! Codes are issued before the day people show them (the code system hands
+//! them out in the days ahead of a sampling day), so codes issued *on* a
+//! sampling day are mostly zero on a normal day. Each code figure is
+//! therefore given twice: `count`, issued on the day (what shows a channel
+//! failing on an outage day), and `to_date`, issued on or before the day
+//! (the codes people could show that day), both from `codes_issued_daily`.
 
 use std::collections::BTreeMap;
 
@@ -25,8 +32,10 @@ pub struct Summary {
     pub hours: Vec<Hour>,
     pub methods: Vec<Method>,
     pub rejections: Vec<Rejection>,
+    /// Codes by kind and channel: every pair with a code issued on or before the day.
     pub codes_issued: Vec<CodesIssued>,
-    /// Codes issued per channel (`APP`, `WECHAT`, `ALIPAY`, `OFFLINE`), kinds summed.
+    /// Codes per channel (`APP`, `WECHAT`, `ALIPAY`, `OFFLINE`, always all
+    /// four), kinds summed.
     pub codes_by_channel: Vec<Channel>,
     /// The sites with the most people sampled that day, most first.
     pub busiest_sites: Vec<Site>,
@@ -77,13 +86,19 @@ pub struct Rejection {
 pub struct CodesIssued {
     pub kind: String,
     pub channel: String,
+    /// Issued on the day.
     pub count: u64,
+    /// Issued on or before the day.
+    pub to_date: u64,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Channel {
     pub channel: String,
+    /// Issued on the day.
     pub count: u64,
+    /// Issued on or before the day.
+    pub to_date: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -176,19 +191,35 @@ pub fn summarise(views: &ViewSet, day: Option<Day>) -> Summary {
         .filter(|r| on(r.day))
         .map(|r| Rejection { reason: r.reason.clone(), count: r.count })
         .collect();
-    let codes_issued: Vec<CodesIssued> = views
-        .codes_issued_daily
-        .iter()
-        .filter(|r| on(r.day))
-        .map(|r| CodesIssued { kind: r.kind.clone(), channel: r.channel.clone(), count: r.count })
-        .collect();
-    let mut by_channel: BTreeMap<String, u64> =
-        CHANNELS.iter().map(|c| ((*c).to_owned(), 0)).collect();
-    for c in &codes_issued {
-        *by_channel.entry(c.channel.clone()).or_default() += c.count;
+    // (on the day, on or before it) per kind and channel.
+    let mut codes: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
+    for r in views.codes_issued_daily.iter().filter(|r| day.is_some_and(|d| r.day <= d)) {
+        let c = codes.entry((&r.kind, &r.channel)).or_default();
+        if on(r.day) {
+            c.0 += r.count;
+        }
+        c.1 += r.count;
     }
-    let mut codes_by_channel: Vec<Channel> =
-        by_channel.into_iter().map(|(channel, count)| Channel { channel, count }).collect();
+    let mut by_channel: BTreeMap<&str, (u64, u64)> =
+        CHANNELS.iter().map(|c| (*c, (0, 0))).collect();
+    for (&(_, channel), &(count, to_date)) in &codes {
+        let c = by_channel.entry(channel).or_default();
+        c.0 += count;
+        c.1 += to_date;
+    }
+    let codes_issued: Vec<CodesIssued> = codes
+        .into_iter()
+        .map(|((kind, channel), (count, to_date))| CodesIssued {
+            kind: kind.to_owned(),
+            channel: channel.to_owned(),
+            count,
+            to_date,
+        })
+        .collect();
+    let mut codes_by_channel: Vec<Channel> = by_channel
+        .into_iter()
+        .map(|(channel, (count, to_date))| Channel { channel: channel.to_owned(), count, to_date })
+        .collect();
     codes_by_channel.sort_by_key(|c| CHANNELS.iter().position(|k| *k == c.channel).unwrap_or(9));
 
     Summary {
@@ -207,7 +238,7 @@ pub fn summarise(views: &ViewSet, day: Option<Day>) -> Summary {
 
 #[cfg(test)]
 mod tests {
-    use swabstream_views::CityDaily;
+    use swabstream_views::{CityDaily, CodesIssuedDaily};
 
     use super::*;
 
@@ -228,5 +259,58 @@ mod tests {
         assert_eq!(s.city.people_sampled, 5);
         assert_eq!(summarise(&views, Some(future)).city.rejected, 1);
         assert_eq!(summarise(&ViewSet::default(), None).day, None);
+    }
+
+    #[test]
+    fn codes_are_counted_on_the_day_and_to_date() {
+        let d = |s: &str| Day::parse(s).unwrap();
+        let issued = |day: &str, kind: &str, channel: &str, count| CodesIssuedDaily {
+            day: d(day),
+            kind: kind.to_owned(),
+            channel: channel.to_owned(),
+            count,
+        };
+        let views = ViewSet {
+            city_daily: vec![CityDaily {
+                day: d("2022-04-09"),
+                people_sampled: 3,
+                ..CityDaily::default()
+            }],
+            // Issued in the days before the sampling day, a few on it, and
+            // some the day after, which the 9th's figures must not include.
+            codes_issued_daily: vec![
+                issued("2022-04-05", "PERSONAL", "WECHAT", 7),
+                issued("2022-04-07", "PERSONAL", "ALIPAY", 5),
+                issued("2022-04-08", "PAPER", "OFFLINE", 2),
+                issued("2022-04-09", "PERSONAL", "WECHAT", 1),
+                issued("2022-04-10", "PERSONAL", "APP", 100),
+            ],
+            ..ViewSet::default()
+        };
+        let s = summarise(&views, Some(d("2022-04-09")));
+        let channels: Vec<(&str, u64, u64)> =
+            s.codes_by_channel.iter().map(|c| (c.channel.as_str(), c.count, c.to_date)).collect();
+        assert_eq!(
+            channels,
+            [("APP", 0, 0), ("WECHAT", 1, 8), ("ALIPAY", 0, 5), ("OFFLINE", 0, 2)],
+            "on the day, and on or before it"
+        );
+        let kinds: Vec<(&str, &str, u64, u64)> = s
+            .codes_issued
+            .iter()
+            .map(|c| (c.kind.as_str(), c.channel.as_str(), c.count, c.to_date))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("PAPER", "OFFLINE", 0, 2),
+                ("PERSONAL", "ALIPAY", 0, 5),
+                ("PERSONAL", "WECHAT", 1, 8)
+            ]
+        );
+        // The day before the first code: nothing to date.
+        let before = summarise(&views, Some(d("2022-04-01")));
+        assert!(before.codes_issued.is_empty());
+        assert!(before.codes_by_channel.iter().all(|c| c.count == 0 && c.to_date == 0));
     }
 }

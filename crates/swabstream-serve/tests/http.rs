@@ -357,6 +357,25 @@ async fn summary_sums_the_views() {
         .collect();
     assert_eq!(channels, ["APP", "WECHAT", "ALIPAY", "OFFLINE"]);
     assert_eq!(s["codes_by_channel"][0]["count"], 0, "a failed channel shows as zero");
+    // Codes: issued on the day, and on or before it (the 8th's codes too).
+    let wechat = |d: &str| -> u64 {
+        truth
+            .codes_issued_daily
+            .iter()
+            .filter(|r| r.channel == "WECHAT" && r.day <= day(d))
+            .map(|r| r.count)
+            .sum()
+    };
+    let on_day = wechat("2022-04-09") - wechat("2022-04-08");
+    assert_eq!(s["codes_by_channel"][1]["count"], on_day);
+    assert_eq!(s["codes_by_channel"][1]["to_date"], wechat("2022-04-09"));
+    assert!(wechat("2022-04-08") > 0, "the fixture has codes issued the day before");
+    assert_eq!(
+        s["codes_issued"],
+        json!([{"kind": "PERSONAL", "channel": "WECHAT", "count": on_day, "to_date": wechat("2022-04-09")}])
+    );
+    let before = f.get("/v1/summary?day=2022-04-08").await.json();
+    assert_eq!(before["codes_by_channel"][1]["to_date"], wechat("2022-04-08"));
     // Without a day: the latest.
     assert_eq!(f.get("/v1/summary").await.json()["day"], "2022-04-09");
     assert_eq!(f.get("/v1/summary?day=2022-04-08").await.json()["day"], "2022-04-08");
@@ -443,6 +462,47 @@ async fn openapi_matches_the_routes() {
         }
     }
     assert_eq!(send(f.addr, "/v2/nothing", None, None).await.status, 404);
+
+    // Every field a summary answers is documented in the Summary schema,
+    // arrays' items included, so a field added to the answer cannot be
+    // left out of the contract.
+    let summary = f.get("/v1/summary?day=2022-04-09").await.json();
+    let schemas = &doc["components"]["schemas"];
+    let mut undocumented = vec![];
+    undocumented_fields(&summary, &schemas["Summary"], schemas, "summary", &mut undocumented);
+    assert!(undocumented.is_empty(), "openapi.json does not document {undocumented:?}");
+}
+
+/// Collects the paths of the fields of `value` that `schema` does not name.
+fn undocumented_fields(
+    value: &Value,
+    schema: &Value,
+    schemas: &Value,
+    at: &str,
+    out: &mut Vec<String>,
+) {
+    let schema = match schema["$ref"].as_str() {
+        Some(r) => &schemas[r.trim_start_matches("#/components/schemas/")],
+        None => schema,
+    };
+    match value {
+        Value::Object(fields) => {
+            for (k, v) in fields {
+                let documented = &schema["properties"][k];
+                if documented.is_null() {
+                    out.push(format!("{at}.{k}"));
+                } else {
+                    undocumented_fields(v, documented, schemas, &format!("{at}.{k}"), out);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                undocumented_fields(v, &schema["items"], schemas, &format!("{at}[]"), out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Reads events from `/v1/stream` until `pred` holds for one; returns it.
