@@ -10,6 +10,13 @@
 //! the connection is `query_only`, and an authorizer denies every action
 //! but reading; each statement is interrupted after the time limit.
 //!
+//! Beside the six views, two tables say how fresh the numbers are (what
+//! `as_of` says in every HTTP answer, SPEC §8): `as_of`, one row (read_at,
+//! checked_at, stale, problem, lag), and `as_of_partitions`, one row per Kafka
+//! partition (partition, checkpoint_offset, log_end, lag, committed_at). They
+//! are rewritten whenever the snapshot's `as_of` moves, even when the views
+//! did not: the log ends and the read time change without the views.
+//!
 //! The user name is the analyst's id, the password their token.
 
 use std::fmt::Debug;
@@ -34,7 +41,7 @@ use swabstream_views::ViewSet;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
 
-use crate::Snapshot;
+use crate::{AsOf, Snapshot};
 
 /// Longest a statement may run before it is interrupted.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,11 +62,17 @@ CREATE TABLE rejections_daily (day TEXT NOT NULL, reason TEXT NOT NULL, count IN
   PRIMARY KEY (day, reason));
 CREATE TABLE codes_issued_daily (day TEXT NOT NULL, kind TEXT NOT NULL, channel TEXT NOT NULL,
   count INTEGER NOT NULL, PRIMARY KEY (day, kind, channel));
+CREATE TABLE as_of (read_at TEXT, checked_at TEXT NOT NULL, stale BOOLEAN NOT NULL, problem TEXT,
+  lag INTEGER);
+CREATE TABLE as_of_partitions (partition INTEGER NOT NULL, checkpoint_offset INTEGER, log_end INTEGER,
+  lag INTEGER, committed_at TEXT, PRIMARY KEY (partition));
 ";
 
 /// The in-memory copy and the generation of the snapshot it holds.
 struct Loaded {
     generation: u64,
+    /// The freshness the `as_of` tables hold.
+    as_of: AsOf,
     conn: libsql::Connection,
     _db: libsql::Database,
 }
@@ -131,8 +144,23 @@ impl Backend {
         check_read_only(sql)?;
         let snap = self.snapshots.borrow().clone();
         let mut copy = self.copy.lock().await;
-        if copy.as_ref().is_none_or(|c| c.generation != snap.generation) {
-            *copy = Some(load(&snap.views, snap.generation).await.map_err(sqlite_error)?);
+        match copy.as_mut() {
+            Some(c) if c.generation == snap.generation => {
+                if c.as_of != snap.as_of {
+                    if let Err(e) = refresh_as_of(&c.conn, &snap.as_of).await {
+                        // The guards may be down on that connection: no
+                        // statement runs there; the next one loads a new copy.
+                        *copy = None;
+                        return Err(sqlite_error(e));
+                    }
+                    c.as_of = snap.as_of.clone();
+                }
+            }
+            _ => {
+                *copy = Some(
+                    load(&snap.views, &snap.as_of, snap.generation).await.map_err(sqlite_error)?,
+                );
+            }
         }
         let conn = &copy.as_ref().expect("just loaded").conn;
         // The interrupt comes from another task while this one runs the statement.
@@ -169,6 +197,9 @@ impl Backend {
             for (value, field) in row.into_iter().zip(fields.iter()) {
                 match value {
                     libsql::Value::Null => enc.encode_field(&None::<i64>)?,
+                    libsql::Value::Integer(i) if *field.datatype() == Type::BOOL => {
+                        enc.encode_field(&(i != 0))?
+                    }
                     libsql::Value::Integer(i) if *field.datatype() == Type::FLOAT8 => {
                         enc.encode_field(&(i as f64))?
                     }
@@ -184,8 +215,8 @@ impl Backend {
     }
 }
 
-/// A fresh in-memory database holding `views`, made read-only.
-async fn load(views: &ViewSet, generation: u64) -> Result<Loaded, libsql::Error> {
+/// A fresh in-memory database holding `views` and `as_of`, made read-only.
+async fn load(views: &ViewSet, as_of: &AsOf, generation: u64) -> Result<Loaded, libsql::Error> {
     let db = libsql::Builder::new_local(":memory:").build().await?;
     let conn = db.connect()?;
     conn.execute_batch(SCHEMA).await?;
@@ -255,6 +286,14 @@ async fn load(views: &ViewSet, generation: u64) -> Result<Loaded, libsql::Error>
         .await?;
     }
     conn.execute("COMMIT", ()).await?;
+    write_as_of(&conn, as_of).await?;
+    guard(&conn).await?;
+    Ok(Loaded { generation, as_of: as_of.clone(), conn, _db: db })
+}
+
+/// Makes the connection read-only: `query_only`, and an authorizer that
+/// allows nothing but reading.
+async fn guard(conn: &libsql::Connection) -> Result<(), libsql::Error> {
     conn.execute_batch("PRAGMA query_only = ON;").await?;
     let reads_only: libsql::AuthHook = Arc::new(|ctx: &libsql::AuthContext<'_>| {
         use libsql::AuthAction as A;
@@ -265,8 +304,49 @@ async fn load(views: &ViewSet, generation: u64) -> Result<Loaded, libsql::Error>
             _ => libsql::Authorization::Deny,
         }
     });
-    conn.authorizer(Some(reads_only))?;
-    Ok(Loaded { generation, conn, _db: db })
+    conn.authorizer(Some(reads_only))
+}
+
+/// Rewrites the `as_of` tables of a guarded copy: the guards come down for
+/// the rewrite and go back up before any analyst's statement can run (the
+/// caller holds the copy's lock throughout).
+async fn refresh_as_of(conn: &libsql::Connection, as_of: &AsOf) -> Result<(), libsql::Error> {
+    conn.authorizer(None)?;
+    conn.execute_batch("PRAGMA query_only = OFF;").await?;
+    write_as_of(conn, as_of).await?;
+    guard(conn).await
+}
+
+/// Replaces the rows of `as_of` and `as_of_partitions`, in one transaction.
+async fn write_as_of(conn: &libsql::Connection, a: &AsOf) -> Result<(), libsql::Error> {
+    conn.execute("BEGIN", ()).await?;
+    conn.execute_batch("DELETE FROM as_of; DELETE FROM as_of_partitions;").await?;
+    conn.execute(
+        "INSERT INTO as_of VALUES (?1, ?2, ?3, ?4, ?5)",
+        libsql::params![
+            a.read_at.clone(),
+            a.checked_at.clone(),
+            i64::from(a.stale),
+            a.problem.clone(),
+            a.lag
+        ],
+    )
+    .await?;
+    for p in &a.partitions {
+        conn.execute(
+            "INSERT INTO as_of_partitions VALUES (?1, ?2, ?3, ?4, ?5)",
+            libsql::params![
+                i64::from(p.partition),
+                p.checkpoint_offset,
+                p.log_end,
+                p.lag,
+                p.committed_at.clone()
+            ],
+        )
+        .await?;
+    }
+    conn.execute("COMMIT", ()).await?;
+    Ok(())
 }
 
 /// Runs `sql` and reads every row, typing each column by its declared type
@@ -302,6 +382,7 @@ async fn read_all(
         .map(|(i, (name, decl))| {
             let ty = match decl.as_deref() {
                 Some("INTEGER") => Type::INT8,
+                Some("BOOLEAN") => Type::BOOL,
                 Some("REAL") => Type::FLOAT8,
                 Some("TEXT") => Type::VARCHAR,
                 _ => {
