@@ -40,7 +40,8 @@ COPY --from=build /out/swabstream /usr/local/bin/swabstream
 RUN swabstream --version
 USER swabstream
 WORKDIR /var/lib/swabstream
-# 8080: gateway (HTTP, /metrics, /healthz, /readyz); 9464: a worker's /metrics.
-EXPOSE 8080 9464
+# 8080: gateway (HTTP, /metrics, /healthz, /readyz); 9464: a worker's /metrics;
+# 8081 and 5432: serve's HTTP and SQL as the compose stack sets them.
+EXPOSE 8080 8081 5432 9464
 ENTRYPOINT ["swabstream"]
 CMD ["--help"]
