@@ -9,7 +9,8 @@
 //!
 //! What Grafana would do that this does not: Grafana's PostgreSQL data
 //! source (pgx) sends a query with the extended protocol (Parse, Describe,
-//! Bind, Execute); `psql` here uses the simple one. The dashboard uses no
+//! Bind, Execute); `psql` here uses the simple one. pgx's connection ping,
+//! the statement `-- ping`, is sent as Grafana sends it. The dashboard uses no
 //! time macro (`$__timeFilter` and the like are Grafana's, expanded before
 //! the query is sent): the day is a dashboard variable, `${day}`, which this
 //! test expands as Grafana does for a single-valued variable in a SQL data
@@ -311,6 +312,11 @@ fn the_provisioned_dashboard_runs_on_serve_with_the_stacks_credentials() {
         psql(&ds, serve.sql, "SELECT sum(checkpoint_offset) AS n FROM as_of_partitions")
             .is_ok_and(|t| t.column("n") == [end.to_string()])
     });
+    // pgx, Grafana's PostgreSQL driver, pings a connection (and "Save &
+    // test" checks the data source) with the comment `-- ping`: an empty
+    // query, not a refused statement.
+    let ping = psql(&ds, serve.sql, "-- ping").expect("pgx's ping is answered");
+    assert!(ping.rows.is_empty(), "{ping:?}");
     let wrong = DataSource { token: format!("{}.{}", ds.user, "0".repeat(64)), ..ds.clone() };
     let refused = psql(&wrong, serve.sql, "SELECT 1").expect_err("a wrong token is refused");
     assert!(refused.to_lowercase().contains("password"), "{refused}");

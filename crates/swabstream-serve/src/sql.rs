@@ -113,11 +113,40 @@ fn sqlite_error(e: libsql::Error) -> PgWireError {
 const READ_ONLY: &str =
     "swabstream's SQL endpoint is read-only: only SELECT statements over the views run here";
 
+/// `sql` after its leading white space and comments (`-- …` lines and
+/// `/* … */` blocks). Empty when the statement is only comments: pgx, the
+/// driver of Grafana's PostgreSQL data source, pings a connection with
+/// `-- ping`, which PostgreSQL answers as an empty query.
+fn without_leading_comments(sql: &str) -> &str {
+    let mut rest = sql.trim_start();
+    loop {
+        if let Some(line) = rest.strip_prefix("--") {
+            rest = line.split_once('\n').map_or("", |(_, after)| after).trim_start();
+        } else if let Some(block) = rest.strip_prefix("/*") {
+            // Unterminated: all comment (SQLite would refuse it anyway).
+            rest = block.split_once("*/").map_or("", |(_, after)| after).trim_start();
+        } else {
+            return rest;
+        }
+    }
+}
+
+/// Whether `sql` holds no statement at all, only white space, `;` and comments.
+fn is_empty_statement(sql: &str) -> bool {
+    without_leading_comments(sql).trim_matches(|c: char| c == ';' || c.is_whitespace()).is_empty()
+}
+
+/// Whether `sql` is a `SET` (drivers set session options on connecting;
+/// they are accepted and ignored).
+fn is_set(sql: &str) -> bool {
+    let s = without_leading_comments(sql);
+    s.len() > 4 && s[..4].eq_ignore_ascii_case("SET ")
+}
+
 /// Refuses anything but a read, before SQLite sees it (SQLite's own guards
 /// stand behind this: `query_only` and an authorizer).
 fn check_read_only(sql: &str) -> PgWireResult<()> {
-    let first = sql
-        .trim_start()
+    let first = without_leading_comments(sql)
         .split(|c: char| !c.is_ascii_alphabetic())
         .next()
         .unwrap_or("")
@@ -416,12 +445,10 @@ impl SimpleQueryHandler for Backend {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let query = query.trim().trim_end_matches(';').trim();
-        if query.is_empty() {
+        if is_empty_statement(query) {
             return Ok(vec![Response::EmptyQuery]);
         }
-        // Drivers set session options on connecting; accept and ignore them.
-        let upper = query.to_ascii_uppercase();
-        if upper.starts_with("SET ") {
+        if is_set(query) {
             return Ok(vec![Response::Execution(Tag::new("SET"))]);
         }
         let (columns, rows) = self.run(query).await?;
@@ -454,7 +481,10 @@ impl ExtendedQueryHandler for Backend {
             ));
         }
         let sql = portal.statement.statement.trim().trim_end_matches(';');
-        if sql.to_ascii_uppercase().starts_with("SET ") {
+        if is_empty_statement(sql) {
+            return Ok(Response::EmptyQuery);
+        }
+        if is_set(sql) {
             return Ok(Response::Execution(Tag::new("SET")));
         }
         let (columns, rows) = self.run(sql).await?;
@@ -491,7 +521,7 @@ impl Backend {
     /// The columns a statement answers (by running it: the views are small).
     async fn describe(&self, sql: &str, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
         let sql = sql.trim().trim_end_matches(';');
-        if sql.to_ascii_uppercase().starts_with("SET ") || sql.is_empty() {
+        if is_set(sql) || is_empty_statement(sql) {
             return Ok(vec![]);
         }
         let (columns, _) = self.run(sql).await?;
@@ -589,5 +619,28 @@ pub async fn serve(
             }
             _ = &mut shutdown => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comments_are_no_statement_and_do_not_hide_one() {
+        // pgx's ping, and comment-only statements: empty, as in PostgreSQL.
+        for empty in ["-- ping", "", " ; ", "/* x */", "-- a\n-- b\n", "/* never closed"] {
+            assert!(is_empty_statement(empty), "{empty:?}");
+        }
+        for read in ["-- the day\nSELECT 1", "/* c */ WITH x AS (SELECT 1) SELECT * FROM x"] {
+            assert!(!is_empty_statement(read), "{read:?}");
+            assert!(check_read_only(read).is_ok(), "{read:?}");
+        }
+        // A comment in front of a write does not get it past the check.
+        for write in ["-- harmless\nDELETE FROM city_daily", "/* SELECT */ DROP TABLE city_daily"] {
+            assert!(check_read_only(write).is_err(), "{write:?}");
+        }
+        assert!(is_set("-- session\nset DateStyle = ISO"));
+        assert!(!is_set("SELECT 'SET x'"));
     }
 }
