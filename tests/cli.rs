@@ -84,3 +84,47 @@ fn views_reads_the_store_named_by_the_configuration() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no view store at"));
 }
+
+/// The embedded broker's two engines keep different files; a data directory
+/// made by one is refused by the other with a message naming both and the
+/// setting that opens it, and nothing in it is touched.
+#[test]
+fn a_data_directory_of_the_other_broker_engine_is_refused_by_name() {
+    for (made_by, then) in [("sqlite", "slatedb"), ("slatedb", "sqlite")] {
+        let dir = temp_dir(&format!("engine-{made_by}"));
+        let out = dir.join("sim");
+        let o = swabstream(
+            &["simulate", "--people", "200", "--seed", "3", "--out", out.to_str().unwrap()],
+            &[],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let events = out.join("events.jsonl");
+        let with = |engine: &str| {
+            vec![
+                ("SWABSTREAM_DATA_DIR", dir.to_str().unwrap().to_owned()),
+                ("SWABSTREAM_KAFKA__EMBEDDED_STORAGE", engine.to_owned()),
+            ]
+        };
+        let run = |args: &[&str], engine: &str| {
+            let env = with(engine);
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            swabstream(args, &env)
+        };
+        let o = run(&["publish", events.to_str().unwrap()], made_by);
+        assert!(o.status.success(), "{made_by}: {}", String::from_utf8_lossy(&o.stderr));
+        let offsets = run(&["topic", "offsets", "--json"], made_by);
+        assert!(offsets.status.success(), "{}", String::from_utf8_lossy(&offsets.stderr));
+
+        let o = run(&["topic", "offsets"], then);
+        assert!(!o.status.success(), "{then} opened a {made_by} data directory");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(&format!("made by the {made_by} engine")), "{err}");
+        assert!(err.contains(&format!("kafka.embedded_storage = \"{made_by}\"")), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+
+        // The log is as it was.
+        let again = run(&["topic", "offsets", "--json"], made_by);
+        assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+        assert_eq!(again.stdout, offsets.stdout, "{made_by}: the log after the refusal");
+    }
+}

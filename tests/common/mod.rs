@@ -78,6 +78,9 @@ group_id = "workers-{topic}"
 [kafka.consumer]
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "500"
+# What a consumer of the embedded broker gets by default; `brokers` names
+# it as a cluster here, so the tests say it (README, "Scaling out").
+"fetch.wait.max.ms" = "10"
 [worker]
 batch_max_records = 2000
 batch_max_wait = "100ms"

@@ -40,9 +40,11 @@ fn main() -> anyhow::Result<()> {
     let broker = if memory {
         broker_rt.block_on(EmbeddedBroker::start_in_memory(0))?
     } else {
-        broker_rt.block_on(EmbeddedBroker::start(&dir.join("broker.db"), 0))?
+        // ENGINE=sqlite measures the embedded broker's other engine.
+        let engine = std::env::var("ENGINE").unwrap_or_default().parse().unwrap_or_default();
+        broker_rt.block_on(EmbeddedBroker::open(&dir, engine, 0))?
     };
-    let mut cluster = Cluster::new(broker.bootstrap());
+    let mut cluster = Cluster::embedded(broker.bootstrap());
     // Producer settings to try, e.g. PRODUCER="linger.ms=10,batch.num.messages=1000".
     for kv in std::env::var("PRODUCER").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
         if let Some((k, v)) = kv.split_once('=') {

@@ -19,7 +19,7 @@ use swabstream_kafka::{Cluster, TopicSpec, ensure_topics};
 fn routes_of_the_openapi_document_are_served_and_a_batch_reaches_the_topic() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let broker = rt.block_on(EmbeddedBroker::start_in_memory(0)).unwrap();
-    let cluster = Cluster::new(broker.bootstrap());
+    let cluster = Cluster::embedded(broker.bootstrap());
     let topic = "gw-in-process";
     rt.block_on(ensure_topics(
         &cluster,

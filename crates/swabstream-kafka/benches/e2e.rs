@@ -3,7 +3,8 @@
 //!
 //!     cargo bench -p swabstream-kafka --bench e2e -- [people] [partitions]
 //!
-//! 1. starts the embedded broker on its default, durable SQLite storage;
+//! 1. starts the embedded broker on its default, durable storage (SlateDB;
+//!    `ENGINE=sqlite` for the other engine);
 //! 2. simulates a day of `people` (default 200,000) and publishes it
 //!    (idempotent, acks=all, keyed by person_ref);
 //! 3. a bare consumer-group member reads the whole topic, touching every
@@ -20,14 +21,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, Message};
-use swabstream_broker::EmbeddedBroker;
+use swabstream_broker::{EmbeddedBroker, LogEngine};
 use swabstream_core::CoreConfig;
 use swabstream_events::avro::Codec;
 use swabstream_kafka::worker::{self, WorkerOptions};
-use swabstream_kafka::{Cluster, Publisher, TopicSpec, ensure_topics};
+use swabstream_kafka::{Cluster, Publisher, Role, TopicSpec, ensure_topics};
 use swabstream_sim::{SimConfig, simulate};
 
 fn main() -> anyhow::Result<()> {
@@ -38,8 +39,13 @@ fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let broker = rt.block_on(EmbeddedBroker::start(&dir.join("broker.db"), 0))?;
-    let mut cluster = Cluster::new(broker.bootstrap());
+    // ENGINE=sqlite measures the embedded broker's other engine.
+    let engine: LogEngine = match std::env::var("ENGINE") {
+        Ok(e) => e.parse().map_err(anyhow::Error::msg)?,
+        Err(_) => LogEngine::default(),
+    };
+    let broker = rt.block_on(EmbeddedBroker::open(&dir, engine, 0))?;
+    let mut cluster = Cluster::embedded(broker.bootstrap());
     // Both consumers read with the worker's fetch size unless told otherwise.
     let fetch_max_bytes = std::env::var("FETCH_MAX_BYTES").unwrap_or_else(|_| "1048576".into());
     cluster.consumer.insert("fetch.max.bytes".into(), fetch_max_bytes.clone());
@@ -71,7 +77,7 @@ fn main() -> anyhow::Result<()> {
     let publish = started.elapsed();
     drop(producer);
     println!(
-        "embedded broker (SQLite, durable), {partitions} partitions, {people} people: {n} events, {:.0} bytes each on average",
+        "embedded broker ({engine}, durable), {partitions} partitions, {people} people: {n} events, {:.0} bytes each on average",
         bytes as f64 / n as f64
     );
     println!("publish (idempotent, acks=all): {:>10.0} events/s", n as f64 / publish.as_secs_f64());
@@ -137,12 +143,18 @@ fn raw_consume(
     n: u64,
     fetch_max_bytes: &str,
 ) -> anyhow::Result<Duration> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &cluster.bootstrap)
-        .set("group.id", "bench-raw")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.max.bytes", fetch_max_bytes)
+    // The worker's client settings for the embedded broker (its fetch wait
+    // above all), so that the two rates compare like with like.
+    let consumer: BaseConsumer = cluster
+        .config(
+            Role::Consumer,
+            &[
+                ("group.id", "bench-raw"),
+                ("enable.auto.commit", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("fetch.max.bytes", fetch_max_bytes),
+            ],
+        )
         .create()?;
     let started = Instant::now();
     consumer.subscribe(&[topic])?;

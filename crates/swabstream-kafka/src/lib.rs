@@ -35,7 +35,20 @@ pub struct Cluster {
     pub consumer: BTreeMap<String, String>,
     /// Settings for producers only.
     pub producer: BTreeMap<String, String>,
+    /// Whether this is the embedded broker (tansu), whose fetches want
+    /// different defaults from a Kafka cluster's ([`EMBEDDED_FETCH_WAIT_MS`]).
+    pub embedded: bool,
 }
+
+/// `fetch.wait.max.ms` for consumers of the embedded broker. tansu's fetch
+/// handler sleeps after every fetch, even one that found records: half the
+/// remaining wait when that is 250 ms or more, else all of it. At
+/// librdkafka's default of 500 ms each fetch so took 250 ms and capped a
+/// consumer at a few fetches a second whatever the engine; at 10 ms a fetch
+/// costs ~10 ms. The price is an idle consumer's ~100 fetches a second
+/// (measured in ARCHITECTURE.md). A Kafka cluster answers a fetch as soon as
+/// it has data, so its consumers keep librdkafka's default.
+pub const EMBEDDED_FETCH_WAIT_MS: &str = "10";
 
 /// Which kind of client a configuration is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +63,11 @@ impl Cluster {
         Cluster { bootstrap: bootstrap.into(), ..Cluster::default() }
     }
 
+    /// The embedded broker at `bootstrap`.
+    pub fn embedded(bootstrap: impl Into<String>) -> Cluster {
+        Cluster { bootstrap: bootstrap.into(), embedded: true, ..Cluster::default() }
+    }
+
     /// A client configuration: the bootstrap servers, `defaults`, then the
     /// pass-through settings for every client and for the `role`.
     pub fn config(&self, role: Role, defaults: &[(&str, &str)]) -> ClientConfig {
@@ -58,6 +76,9 @@ impl Cluster {
         // librdkafka logs through `log`; keep its chatter about an absent
         // broker from flooding the terminal while it reconnects.
         c.set("log.connection.close", "false");
+        if role == Role::Consumer && self.embedded {
+            c.set("fetch.wait.max.ms", EMBEDDED_FETCH_WAIT_MS);
+        }
         for (k, v) in defaults {
             c.set(*k, *v);
         }

@@ -36,6 +36,9 @@ pub struct KafkaConfig {
     pub brokers: Option<String>,
     /// Port of the embedded broker on 127.0.0.1 (0: any free port).
     pub embedded_port: u16,
+    /// The embedded broker's storage engine: `slatedb` (the default) or
+    /// `sqlite` (data directories made before SlateDB was the default).
+    pub embedded_storage: EmbeddedStorage,
     /// The events topic.
     pub topic: String,
     /// Where invalid and undecodable records go.
@@ -53,6 +56,24 @@ pub struct KafkaConfig {
     pub consumer: BTreeMap<String, String>,
     /// librdkafka settings for producers only (e.g. `"linger.ms"`).
     pub producer: BTreeMap<String, String>,
+}
+
+/// The embedded broker's storage engine (ARCHITECTURE.md compares them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddedStorage {
+    #[default]
+    Slatedb,
+    Sqlite,
+}
+
+impl EmbeddedStorage {
+    pub fn engine(self) -> swabstream_broker::LogEngine {
+        match self {
+            EmbeddedStorage::Slatedb => swabstream_broker::LogEngine::Slatedb,
+            EmbeddedStorage::Sqlite => swabstream_broker::LogEngine::Sqlite,
+        }
+    }
 }
 
 /// Which view store, and where.
@@ -278,6 +299,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             brokers: None,
             embedded_port: 0,
+            embedded_storage: EmbeddedStorage::default(),
             topic: "sampling-events".to_owned(),
             dlq_topic: "sampling-events-dlq".to_owned(),
             // Room to grow: partitions are the unit of parallelism, and a
@@ -349,12 +371,18 @@ impl Config {
     }
 
     /// The cluster as clients see it, at `bootstrap`.
+    /// The embedded broker at `bootstrap`, with the pass-through settings.
+    pub fn embedded_cluster(&self, bootstrap: String) -> swabstream_kafka::Cluster {
+        swabstream_kafka::Cluster { embedded: true, ..self.cluster(bootstrap) }
+    }
+
     pub fn cluster(&self, bootstrap: String) -> swabstream_kafka::Cluster {
         swabstream_kafka::Cluster {
             bootstrap,
             client: self.kafka.client.clone(),
             consumer: self.kafka.consumer.clone(),
             producer: self.kafka.producer.clone(),
+            embedded: false,
         }
     }
 

@@ -66,11 +66,11 @@ pub async fn embedded(config: &Config, host: bool) -> anyhow::Result<Kafka> {
         File::create(&lock_path).with_context(|| format!("opening {}", lock_path.display()))?;
     match lock.try_lock() {
         Ok(()) => {
-            let file = dir.join("broker.db");
-            let broker = EmbeddedBroker::start(&file, config.kafka.embedded_port).await?;
+            let engine = config.kafka.embedded_storage.engine();
+            let broker = EmbeddedBroker::open(dir, engine, config.kafka.embedded_port).await?;
             let mut f = File::create(&addr_path)?;
             writeln!(f, "{}", broker.bootstrap())?;
-            let cluster = config.cluster(broker.bootstrap());
+            let cluster = config.embedded_cluster(broker.bootstrap());
             Ok(Kafka { cluster, broker: Some(broker), lock: Some((lock, addr_path)) })
         }
         Err(TryLockError::WouldBlock) => {
@@ -96,7 +96,7 @@ pub async fn embedded(config: &Config, host: bool) -> anyhow::Result<Kafka> {
                 addr_path.display()
             );
             tracing::info!(%addr, "using the embedded broker another process runs");
-            Ok(Kafka { cluster: config.cluster(addr), broker: None, lock: None })
+            Ok(Kafka { cluster: config.embedded_cluster(addr), broker: None, lock: None })
         }
         Err(TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("locking {}", lock_path.display()))

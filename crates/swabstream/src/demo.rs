@@ -71,8 +71,9 @@ fn demo(
     dir: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
     let topic = &config.kafka.topic;
-    let broker = rt.block_on(EmbeddedBroker::start(&dir.join("broker.db"), 0))?;
-    let cluster = config.cluster(broker.bootstrap());
+    let broker =
+        rt.block_on(EmbeddedBroker::open(dir, config.kafka.embedded_storage.engine(), 0))?;
+    let cluster = config.embedded_cluster(broker.bootstrap());
     let topics = [topic, &config.kafka.dlq_topic].map(|name| TopicSpec {
         name: name.clone(),
         partitions: args.partitions,
