@@ -201,6 +201,11 @@ impl Broker {
             .arg("broker")
             .env("SWABSTREAM_DATA_DIR", &self.dir)
             .env("SWABSTREAM_KAFKA__EMBEDDED_PORT", port.to_string())
+            // E2E_BROKER_ENGINE=sqlite runs the suite on the other engine.
+            .env(
+                "SWABSTREAM_KAFKA__EMBEDDED_STORAGE",
+                std::env::var("E2E_BROKER_ENGINE").unwrap_or_else(|_| "slatedb".into()),
+            )
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
