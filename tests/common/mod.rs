@@ -131,11 +131,12 @@ orphan_after = "10s"
         o
     }
 
-    /// `publish FILE` in the background, its output discarded (for tests that
-    /// publish while workers run and die).
+    /// `publish FILE` in the background (for tests that publish while
+    /// workers run and die); its log goes to `<dir>/publish.log`.
     pub fn spawn_publish(&self, file: &Path) -> Child {
         let file = file.to_str().unwrap();
-        self.cmd(&["publish", file]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+        let log = std::fs::File::create(self.dir.join("publish.log")).unwrap();
+        self.cmd(&["publish", file]).stdout(Stdio::null()).stderr(log).spawn().unwrap()
     }
 
     /// A worker process; its log goes to `<dir>/<name>.log`.
@@ -326,6 +327,22 @@ pub fn split(file: &Path, at: usize) -> (PathBuf, PathBuf) {
     std::fs::write(&a, lines[..at].join("\n") + "\n").unwrap();
     std::fs::write(&b, lines[at..].join("\n") + "\n").unwrap();
     (a, b)
+}
+
+/// A JSON-lines file cut into `parts` files of about equal length, in order.
+pub fn chunks(file: &Path, parts: usize) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let size = lines.len().div_ceil(parts.max(1));
+    lines
+        .chunks(size.max(1))
+        .enumerate()
+        .map(|(i, part)| {
+            let p = file.with_extension(format!("part{i}.jsonl"));
+            std::fs::write(&p, part.join("\n") + "\n").unwrap();
+            p
+        })
+        .collect()
 }
 
 /// The lines of a JSON-lines file.

@@ -26,6 +26,15 @@
 //! nothing, so [`Log`] runs the call again ([`retry`]): what SQLite's single
 //! storage task did by queueing, this does by retrying.
 //!
+//! tansu's group coordinator takes a group's state out of its cache while it
+//! handles a request; a second member joining meanwhile finds no state, starts
+//! the group afresh and writes it with no version, meaning "create it". The
+//! SQLite engine treats that as create-if-absent and answers `Outdated` with
+//! the group's current state, which the coordinator then merges. The SlateDB
+//! engine overwrote the group instead, so concurrent joiners each formed a
+//! group of one and were handed every partition, in a rebalance storm.
+//! `Log::update_group` asks for create-if-absent, as SQLite reads it.
+//!
 //! Every other call passes straight through to the engine.
 
 use std::collections::BTreeMap;
@@ -59,6 +68,8 @@ use uuid::Uuid;
 #[derive(Clone, Debug)]
 pub(crate) struct Log {
     inner: StorageContainer,
+    /// Held while a group is created (see `update_group`).
+    creating: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Whether the engine stores whole batches (SlateDB) rather than a row
     /// per record (SQLite), i.e. whether a fetch can land inside one.
     batched: bool,
@@ -66,7 +77,7 @@ pub(crate) struct Log {
 
 impl Log {
     pub(crate) fn new(inner: StorageContainer, batched: bool) -> Self {
-        Self { inner, batched }
+        Self { inner, batched, creating: Default::default() }
     }
 
     /// The batch holding `offset`, if the log has one: the engine can only
@@ -393,6 +404,30 @@ impl Storage for Log {
     ) -> Result<Version, UpdateError<GroupDetail>> {
         let conflict =
             |e: &UpdateError<GroupDetail>| matches!(e, UpdateError::Error(e) if is_conflict(e));
+        // No version means "create it". Ask with a version no stored group
+        // has (tansu's are fresh v7 UUIDs): an existing group answers
+        // `Outdated` with its state, which the coordinator merges. A missing
+        // one answers `Outdated` with an empty group and an empty version
+        // (the engine reads a missing key as a default); only then is it
+        // created, with no version. Creators queue on one lock so that two
+        // cannot both find the group missing.
+        if version.is_none() && self.batched {
+            let _creating = self.creating.lock().await;
+            let nil = Some(Version::from(&Uuid::nil()));
+            let asked = retry("update_group", conflict, || {
+                self.inner.update_group(group_id, detail.clone(), nil.clone())
+            })
+            .await;
+            return match asked {
+                Err(UpdateError::Outdated { version, .. }) if version == Version::default() => {
+                    retry("update_group", conflict, || {
+                        self.inner.update_group(group_id, detail.clone(), None)
+                    })
+                    .await
+                }
+                other => other,
+            };
+        }
         retry("update_group", conflict, || {
             self.inner.update_group(group_id, detail.clone(), version.clone())
         })
@@ -634,6 +669,40 @@ mod tests {
             })
             .count();
         assert_eq!((made, exists), (1, 15), "{results:?}");
+    }
+
+    #[tokio::test]
+    async fn a_group_written_without_a_version_is_created_only_if_absent() {
+        use tansu_storage::{GroupDetail, UpdateError};
+        let (raw, log, _) = log_of(&[]).await;
+        let first = GroupDetail { generation_id: 1, ..GroupDetail::default() };
+        let second = GroupDetail { generation_id: 2, ..GroupDetail::default() };
+        // Through the log: created as tansu's coordinator creates a group
+        // (no version; on `Outdated` again with the version it was given)...
+        let mut version = None;
+        loop {
+            match log.update_group("g", first.clone(), version.take()).await {
+                Ok(_) => break,
+                Err(UpdateError::Outdated { current, version: v })
+                    if current.generation_id == -1 =>
+                {
+                    version = Some(v);
+                }
+                other => panic!("creating the group: {other:?}"),
+            }
+        }
+        // ...and a second writer without a version is told the group exists,
+        // and what it holds.
+        match log.update_group("g", second.clone(), None).await {
+            Err(UpdateError::Outdated { current, .. }) => {
+                assert_eq!(current.generation_id, 1, "the first writer's group stands");
+            }
+            other => panic!("a second create of the group: {other:?}"),
+        }
+        // The engine alone overwrote it (why the log asks differently).
+        raw.update_group("h", first, None).await.unwrap();
+        let overwrote = raw.update_group("h", second, None).await;
+        assert!(overwrote.is_ok(), "tansu's SlateDB engine now refuses; the mend can go");
     }
 
     #[test]
