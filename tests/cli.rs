@@ -58,7 +58,8 @@ fn views_reads_the_store_named_by_the_configuration() {
     let dir = temp_dir("views");
     let db = dir.join("views.db");
     let mut store = SqliteStore::open(&db, "sampling-events").unwrap();
-    let claim = store.claim(0).unwrap();
+    let live = store.live().unwrap();
+    let claim = store.claim(&live, 0).unwrap();
     let day = Day::parse("2022-04-09").unwrap();
     let row = ViewRow::CityDaily(CityDaily {
         day,
@@ -67,7 +68,7 @@ fn views_reads_the_store_named_by_the_configuration() {
         valid_scans: 5,
         ..CityDaily::default()
     });
-    store.commit(0, claim.epoch, &[row], 10, None).unwrap();
+    store.commit(&live, 0, claim.epoch, &[row], 10, None).unwrap();
     drop(store);
     let o = swabstream(&["views", "--json"], &[("SWABSTREAM_STORE__PATH", db.to_str().unwrap())]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
