@@ -350,6 +350,18 @@ impl ViewStore for SqliteStore {
         self.load_registry()
     }
 
+    /// One statement: every worker reads it each second to notice a promotion.
+    fn live(&self) -> Result<Version, StoreError> {
+        query_row(
+            &self.conn,
+            "SELECT v.id, v.name FROM version v
+             JOIN meta m ON m.key = 'live_version' AND m.value = v.name",
+            (),
+            |r| Ok(Version { id: int(r, 0)?, name: text(r, 1)? }),
+        )?
+        .ok_or_else(|| StoreError::Corrupt("the live version is not among the versions".into()))
+    }
+
     fn create_version(&mut self, name: &str) -> Result<Version, StoreError> {
         let now = now_ms();
         self.change_registry(|r| r.create(name, now), |_, _| Ok(()))

@@ -131,12 +131,20 @@ fn into_version(
     config: &Config,
 ) -> anyhow::Result<ExitCode> {
     let from = from_of(args);
-    let mut store = crate::store::open(config)?;
-    let version = store
-        .create_version(name)
-        .with_context(|| format!("making version `{name}` in {}", store.describe()))?;
-    let live = store.live()?;
+    // Kafka first: a cluster that cannot be reached leaves no empty version behind.
     let kafka = rt.block_on(connect::connect(config))?;
+    let mut store = crate::store::open(config)?;
+    let made = store
+        .create_version(name)
+        .with_context(|| format!("making version `{name}` in {}", store.describe()));
+    let version = match made {
+        Ok(v) => v,
+        Err(e) => {
+            rt.block_on(kafka.stop());
+            return Err(e);
+        }
+    };
+    let live = store.live()?;
     let stop = crate::stop_on_signal(rt, "the replay is interrupted");
     let opts = crate::run::options(config, true);
     let bar = progress_bar();
