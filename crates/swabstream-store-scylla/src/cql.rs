@@ -1347,4 +1347,13 @@ mod tests {
         assert!(Stmt::InsertRegistry.text(&ks()).ends_with("IF NOT EXISTS"));
         assert!(Stmt::UpdateRegistry.is_lwt() && !Stmt::UpdateRegistry.is_timestamped_write());
     }
+
+    /// The store finds a statement's prepared form at `stmt as usize` in
+    /// the order of `Stmt::ALL`: the two must agree.
+    #[test]
+    fn every_statement_is_at_its_own_index() {
+        for (i, stmt) in Stmt::ALL.iter().enumerate() {
+            assert_eq!(*stmt as usize, i, "{stmt:?}");
+        }
+    }
 }

@@ -159,7 +159,7 @@ pub struct PartitionStatus {
     /// The offset of the latest snapshot and its size.
     pub snapshot_offset: Option<i64>,
     pub snapshot_bytes: Option<u64>,
-    /// Last sign of life of the owner: a claim, a commit or a touch (ms
+    /// Last sign of life of the owner: a claim or a touch (ms
     /// since the Unix epoch).
     pub touched_at_ms: i64,
     /// The last commit, and the last commit carrying a snapshot.
