@@ -30,6 +30,12 @@ fn json_of(o: &Output) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
 }
 
+fn swabstream_sqlite_store(
+    env: &Env,
+) -> Result<swabstream_store_sqlite::SqliteStore, swabstream_store::StoreError> {
+    swabstream_store_sqlite::SqliteStore::open_existing(&env.store_path(), &env.topic)
+}
+
 fn kill(child: &mut std::process::Child) {
     let _ = child.kill(); // SIGKILL
     let _ = child.wait();
@@ -157,11 +163,16 @@ fn rebuild_compare_promote_while_events_arrive_and_a_worker_dies_in_the_switch()
         "{}",
         text(&o)
     );
+    // Promote and drop the old version at once, before the workers notice
+    // (they read the live pointer once a second): they let the dropped
+    // version's pending records go and carry on in v2.
     ok(&env, &["promote", "v2"]);
+    ok(&env, &["versions", "drop", "v1"]);
     wait_until(Duration::from_secs(60), "status shows every partition writing v2 again", || {
         writing(&env).iter().all(|v| v == "v2")
     });
-    ok(&env, &["versions", "drop", "v1"]);
+    assert!(b.try_wait().unwrap().is_none(), "worker b died: {}", env.log("b"));
+    assert!(a2.try_wait().unwrap().is_none(), "worker a2 died: {}", env.log("a2"));
     let o = env.run(&["promote", "--back"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("`v1`, which has been dropped"), "{}", text(&o));
@@ -184,25 +195,57 @@ fn a_replay_promoted_while_it_runs_is_fenced_and_the_workers_continue_its_versio
     wait_until(Duration::from_secs(120), "the worker applied the log", || {
         env.stored_offsets() >= end
     });
-    // A slow replay: a commit (an fsync) every 2 records, so that it is
-    // still writing when the worker takes its version over, a second or so
-    // after the promotion (a replay of 20 records a commit was seen to end
-    // within 1.5 s).
+    // A replay into `rebuilt`, a commit per record (some 15,000 of them).
     let replay = env
         .cmd(&["replay", "--into", "rebuilt"])
-        .env("SWABSTREAM_WORKER__BATCH_MAX_RECORDS", "2")
+        .env("SWABSTREAM_WORKER__BATCH_MAX_RECORDS", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until(Duration::from_secs(60), "the replay committed into `rebuilt`", || {
-        let s = swabstream_store_sqlite::SqliteStore::open_existing(&env.store_path(), &env.topic);
-        s.ok().and_then(|s| s.version("rebuilt").ok().map(|_| ())).is_some()
-            && env.stored_offsets_of("rebuilt") > 0
+    // Caught as soon as it has claimed its partitions in `rebuilt` (a commit
+    // takes well under a millisecond here, so this looks every 5 ms).
+    let claimed = || {
+        let Ok(s) = swabstream_sqlite_store(&env) else { return false };
+        s.version("rebuilt").ok().is_some_and(|v| s.partitions(&v).is_ok_and(|p| p.len() == 2))
+    };
+    let started = std::time::Instant::now();
+    while !claimed() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the replay never claimed its partitions"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Frozen between two commits: the store's write lock is taken here, so
+    // the replay is outside its transactions when it is stopped (SIGSTOP)
+    // and holds no lock the promotion and the worker's claims would wait for.
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let conn = rt.block_on(async {
+        let db = libsql::Builder::new_local(env.store_path()).build().await.unwrap();
+        let conn = db.connect().unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn.execute("BEGIN IMMEDIATE", ()).await.unwrap();
+        conn
     });
+    let signal = |sig: &str| {
+        let pid = replay.id().to_string();
+        assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    };
+    signal("-STOP");
+    rt.block_on(conn.execute("ROLLBACK", ())).unwrap();
+    drop(conn);
     let at_promotion = env.stored_offsets_of("rebuilt");
     assert!(at_promotion < end, "the replay must still be running ({at_promotion} of {end})");
     ok(&env, &["promote", "rebuilt"]);
+    wait_until(Duration::from_secs(60), "the worker claimed both partitions in `rebuilt`", || {
+        let log = env.log("worker");
+        log.lines()
+            .filter(|l| l.contains("claimed partition") && l.contains("version=rebuilt"))
+            .count()
+            >= 2
+    });
+    signal("-CONT");
     let o = replay.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let said = text(&o);

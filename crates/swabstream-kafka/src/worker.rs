@@ -1044,7 +1044,30 @@ fn switch_version<C: ConsumerContext>(
         partitions = ?stale,
         "the live view version is now `{live}`: committing what is pending to the old one and continuing `{live}` from its checkpoints"
     );
-    let offsets = e.flush(|p| stale.contains(&p), true)?;
+    // A version dropped since (promoted away, then dropped before this
+    // worker noticed) takes no more commits: what was polled for it is let
+    // go unapplied, and read again from the live version's checkpoint.
+    let registry = e.store.registry().ok();
+    let abandoned: Vec<i32> = stale
+        .iter()
+        .copied()
+        .filter(|p| {
+            e.parts.get(p).is_some_and(|part| {
+                registry.as_ref().is_some_and(|r| r.by_id(part.runner.version().id).is_none())
+            })
+        })
+        .collect();
+    for p in &abandoned {
+        if let Some(part) = e.parts.get_mut(p) {
+            tracing::warn!(
+                partition = p,
+                version = %part.runner.version(),
+                "the version this partition was written in has been dropped: its pending records are read again in `{live}`"
+            );
+            part.pending.clear();
+        }
+    }
+    let offsets = e.flush(|p| stale.contains(&p) && !abandoned.contains(&p), true)?;
     commit_to_kafka(consumer, topic, &offsets);
     let mut seeks = Vec::new();
     let mut rejoin = None;
