@@ -447,4 +447,30 @@ mod tests {
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
+
+    /// After a switch between versions, records whose DLQ records this
+    /// worker produced while writing the other version produce none again;
+    /// the ones past that point do.
+    #[test]
+    fn dlq_records_already_produced_for_another_version_are_not_produced_again() {
+        let dir =
+            std::env::temp_dir().join(format!("swabstream-pipeline-dlq-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut store = SqliteStore::open(&dir.join("views.db"), "t").unwrap();
+        let v2 = store.create_version("v2").unwrap();
+        let config = CoreConfig::default();
+        let (mut runner, resume) = PartitionRunner::claim(&mut store, &v2, 0, 1, config).unwrap();
+        assert_eq!((resume, runner.version()), (Resume::Beginning, &v2));
+        runner.dlq_produced_below(6);
+        // Below the floor, never above it: a lower call changes nothing.
+        runner.dlq_produced_below(3);
+        let (dlq, _) = runner.apply(&garbage(0..9));
+        assert_eq!(dlq.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![6, 7, 8]);
+        // The rows of every record are written all the same, to v2.
+        runner.commit(&mut store, false).unwrap();
+        assert_eq!(store.offsets(&v2).unwrap(), vec![(0, 9)]);
+        assert_eq!(store.offsets(&store.live().unwrap()).unwrap(), vec![]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
