@@ -58,7 +58,8 @@ fn views_reads_the_store_named_by_the_configuration() {
     let dir = temp_dir("views");
     let db = dir.join("views.db");
     let mut store = SqliteStore::open(&db, "sampling-events").unwrap();
-    let claim = store.claim(0).unwrap();
+    let live = store.live().unwrap();
+    let claim = store.claim(&live, 0).unwrap();
     let day = Day::parse("2022-04-09").unwrap();
     let row = ViewRow::CityDaily(CityDaily {
         day,
@@ -67,7 +68,7 @@ fn views_reads_the_store_named_by_the_configuration() {
         valid_scans: 5,
         ..CityDaily::default()
     });
-    store.commit(0, claim.epoch, &[row], 10, None).unwrap();
+    store.commit(&live, 0, claim.epoch, &[row], 10, None).unwrap();
     drop(store);
     let o = swabstream(&["views", "--json"], &[("SWABSTREAM_STORE__PATH", db.to_str().unwrap())]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -127,4 +128,63 @@ fn a_data_directory_of_the_other_broker_engine_is_refused_by_name() {
         assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
         assert_eq!(again.stdout, offsets.stdout, "{made_by}: the log after the refusal");
     }
+}
+
+/// The version commands on a store file, without a broker: names checked,
+/// unknown ones listed, the live one never dropped, exit statuses as said.
+#[test]
+fn version_commands_name_what_is_wrong() {
+    let dir = temp_dir("versions");
+    let db = dir.join("views.db");
+    let mut store = SqliteStore::open(&db, "sampling-events").unwrap();
+    let v2 = store.create_version("v2").unwrap();
+    let claim = store.claim(&v2, 0).unwrap();
+    let day = Day::parse("2022-04-09").unwrap();
+    let row = ViewRow::CityDaily(CityDaily { day, people_sampled: 4, ..CityDaily::default() });
+    store.commit(&v2, 0, claim.epoch, &[row], 10, None).unwrap();
+    drop(store);
+    let env = [("SWABSTREAM_STORE__PATH", db.to_str().unwrap())];
+    let run = |args: &[&str]| {
+        let o = swabstream(args, &env);
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        (o.status.code(), text)
+    };
+    let (code, text) = run(&["views", "diff", "v1", "v2"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("city_daily: 1 rows") && text.contains("only on the right"), "{text}");
+    assert_eq!(run(&["views", "diff", "v2", "v2"]).0, Some(0));
+    let (code, text) = run(&["views", "diff", "v1", "nope"]);
+    assert_eq!(code, Some(2));
+    assert!(text.contains("no version named `nope`; the versions are v1, v2"), "{text}");
+    let (code, text) = run(&["views", "--version", "Not/Valid"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        text.contains("`Not/Valid` is not a version name") && text.contains("lowercase"),
+        "{text}"
+    );
+    let (code, text) = run(&["promote"]);
+    assert_eq!(code, Some(2), "a name or --back: {text}");
+    let (code, text) = run(&["promote", "--back"]);
+    assert_eq!(code, Some(2));
+    assert!(text.contains("nothing to go back to"), "{text}");
+    let (code, text) = run(&["promote", "v2", "--json"]);
+    assert_eq!(code, Some(0), "{text}");
+    let p: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!((p["live"].as_str(), p["was"].as_str()), (Some("v2"), Some("v1")));
+    let (_, text) = run(&["views", "--json"]);
+    let v: ViewSet = serde_json::from_str(&text).unwrap();
+    assert_eq!(v.city(day).unwrap().people_sampled, 4, "the live views are v2's");
+    let (code, text) = run(&["versions", "drop", "v2"]);
+    assert_eq!(code, Some(2));
+    assert!(text.contains("version `v2` is live"), "{text}");
+    let (code, text) = run(&["versions", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(text.lines().any(|l| l.starts_with("v2 ") && l.contains("LIVE")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("v1 ") && l.contains("previous")), "{text}");
+    assert!(text.contains("1 partitions, offsets 0:10 (10 records)"), "{text}");
+    assert_eq!(run(&["versions", "drop", "v1"]).0, Some(0));
+    let (code, text) = run(&["promote", "--back"]);
+    assert_eq!(code, Some(2));
+    assert!(text.contains("`v1`, which has been dropped"), "{text}");
 }

@@ -90,11 +90,9 @@ fn a_log_shorter_than_the_store_is_refused_not_skipped() {
     assert_views_equal(&env.views(), &truth, "views after the refusal (unchanged)");
     // Nothing of the new log was taken for counted: the DLQ lost nothing
     // either, since nothing was consumed.
-    let offsets =
-        swabstream_store_sqlite::SqliteStore::open_existing(&env.store_path(), &env.topic)
-            .unwrap()
-            .offsets()
-            .unwrap();
+    let store =
+        swabstream_store_sqlite::SqliteStore::open_existing(&env.store_path(), &env.topic).unwrap();
+    let offsets = store.offsets(&store.live().unwrap()).unwrap();
     assert!(offsets.iter().all(|(_, o)| *o > 20), "checkpoints left as they were: {offsets:?}");
 }
 
@@ -177,7 +175,7 @@ fn an_unreadable_snapshot_is_rebuilt_from_the_log_start() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let store =
         swabstream_store_sqlite::SqliteStore::open_existing(&env.store_path(), &env.topic).unwrap();
-    let before = store.partitions().unwrap();
+    let before = store.partitions(&store.live().unwrap()).unwrap();
     assert!(before.iter().all(|p| p.snapshot_offset.is_some()), "{before:?}");
     drop(store);
 

@@ -62,7 +62,8 @@ impl ScyllaEnv {
     }
 
     fn stored_offsets(&self) -> i64 {
-        self.store().offsets().unwrap().iter().map(|(_, o)| o).sum()
+        let s = self.store();
+        s.offsets(&s.live().unwrap()).unwrap().iter().map(|(_, o)| o).sum()
     }
 }
 

@@ -163,9 +163,22 @@ orphan_after = "10s"
     /// The store's offsets, summed over partitions.
     pub fn stored_offsets(&self) -> i64 {
         match SqliteStore::open_existing(&self.store_path(), &self.topic) {
-            Ok(s) => s.offsets().unwrap().iter().map(|(_, o)| o).sum(),
+            Ok(s) => s.offsets(&s.live().unwrap()).unwrap().iter().map(|(_, o)| o).sum(),
             Err(_) => 0,
         }
+    }
+
+    /// The offsets of version `name`, summed over partitions.
+    pub fn stored_offsets_of(&self, name: &str) -> i64 {
+        let s = SqliteStore::open_existing(&self.store_path(), &self.topic).unwrap();
+        let v = s.version(name).unwrap();
+        s.offsets(&v).unwrap().iter().map(|(_, o)| o).sum()
+    }
+
+    /// The views of version `name`.
+    pub fn views_of(&self, name: &str) -> ViewSet {
+        let s = SqliteStore::open_existing(&self.store_path(), &self.topic).unwrap();
+        s.version_views(&s.version(name).unwrap()).unwrap()
     }
 }
 

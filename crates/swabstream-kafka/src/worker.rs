@@ -15,8 +15,16 @@
 //!
 //! Revocation applies and commits what is pending for the revoked partitions
 //! (with a snapshot) before they are given up; assignment claims the
-//! partitions in the store (fencing off their previous owner), restores their
-//! snapshots and seeks to them.
+//! partitions in the store's live view version (fencing off their previous
+//! owner), restores their snapshots and seeks to them.
+//!
+//! A promotion (another version made live) is noticed within about a second
+//! (the live pointer is read with the touch): what is pending is applied and
+//! committed to the version it was read for, with a snapshot; then each
+//! partition is claimed in the new live version and the consumer seeks it to
+//! that version's snapshot, so the worker continues the new version from its
+//! own checkpoints (ARCHITECTURE.md, "How versions and promotion keep the
+//! exactly-once promise").
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -33,7 +41,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use swabstream_core::{CoreConfig, DlqRecord, OutcomeCounts, Record};
 use swabstream_events::{Reason, Timestamp};
 use swabstream_pipeline::{Committed, PartitionRunner, PipelineError, Resume};
-use swabstream_store::{StoreError, ViewStore};
+use swabstream_store::{StoreError, Version, ViewStore};
 
 use crate::{Cluster, Publisher, Quiet, Role, WaitError, drop_in_background};
 
@@ -152,6 +160,7 @@ impl Part {
 /// take it for orphaned.
 #[derive(Debug)]
 struct Refused {
+    version: Version,
     epoch: i64,
     why: String,
 }
@@ -178,6 +187,12 @@ struct Engine {
     stop: Arc<AtomicBool>,
     /// An error raised inside a rebalance callback, for the loop to return.
     fatal: Option<anyhow::Error>,
+    /// The version a replay writes; None for a worker, which claims in the
+    /// live version (read at each claim).
+    target: Option<Version>,
+    /// Partitions a replay lost to another writer of its version (a worker
+    /// that took it over after a promotion): partition, and the error.
+    fenced: Vec<(i32, String)>,
 }
 
 impl Engine {
@@ -201,6 +216,22 @@ impl Engine {
             report: Report::default(),
             stop,
             fatal: None,
+            target: None,
+            fenced: Vec::new(),
+        }
+    }
+
+    /// The version a claim goes to: the replay's, or the live one now.
+    fn claim_version(&self) -> anyhow::Result<Version> {
+        match &self.target {
+            Some(v) => Ok(v.clone()),
+            None => retry_transient(
+                "reading the live view version",
+                &self.store.describe(),
+                &self.stop,
+                || self.store.live().map_err(PipelineError::from),
+            )
+            .context("reading the live view version"),
         }
     }
 
@@ -212,6 +243,7 @@ impl Engine {
     fn claim(&mut self, partition: i32, log: Option<(i64, i64)>) -> anyhow::Result<Option<Resume>> {
         let started = Instant::now();
         let stop = self.stop.clone();
+        let version = self.claim_version()?;
         let (runner, resume, discarded) = retry_transient(
             &format!("claiming partition {partition}"),
             &self.store.describe(),
@@ -219,13 +251,14 @@ impl Engine {
             || {
                 PartitionRunner::claim_or_rebuild(
                     &mut *self.store,
+                    &version,
                     partition,
                     self.partitions,
                     self.core,
                 )
             },
         )
-        .with_context(|| format!("claiming partition {partition}"))?;
+        .with_context(|| format!("claiming partition {partition} in version `{version}`"))?;
         let took = started.elapsed();
         self.report.claims += 1;
         self.report.claim_time += took;
@@ -257,7 +290,7 @@ impl Engine {
                     );
                     metrics::gauge!("swabstream_partition_refused", "partition" => partition.to_string())
                         .set(1.0);
-                    self.refused.insert(partition, Refused { epoch: runner.epoch(), why });
+                    self.refused.insert(partition, Refused { version, epoch: runner.epoch(), why });
                     return Ok(None);
                 }
             }
@@ -271,7 +304,13 @@ impl Engine {
             metrics::counter!("swabstream_snapshots_discarded_total").increment(1);
         }
         self.release(partition);
-        tracing::info!(partition, ?resume, took_ms = took.as_millis() as u64, "claimed partition");
+        tracing::info!(
+            partition,
+            version = %version,
+            ?resume,
+            took_ms = took.as_millis() as u64,
+            "claimed partition"
+        );
         self.parts.insert(
             partition,
             Part {
@@ -405,7 +444,16 @@ impl Engine {
                 }
                 Ok(Committed::Replaying { .. } | Committed::Idle) => {}
                 Err(e) if e.is_fenced() => {
-                    tracing::warn!(partition = p, "another worker owns the partition now: {e}");
+                    let version = part.runner.version().clone();
+                    if self.target.is_some() {
+                        self.fenced.push((p, e.to_string()));
+                    } else {
+                        tracing::warn!(
+                            partition = p,
+                            version = %version,
+                            "another worker owns the partition now: {e}"
+                        );
+                    }
                     self.release(p);
                 }
                 Err(e) => return Err(e).context(format!("committing partition {p}")),
@@ -421,14 +469,40 @@ impl Engine {
     /// Marks this worker's partitions alive in the store (refused ones too:
     /// they are assigned to this worker, and no other would do better).
     fn touch(&mut self) -> anyhow::Result<()> {
-        let owned: Vec<(i32, i64)> = self
+        let mut owned: BTreeMap<Version, Vec<(i32, i64)>> = BTreeMap::new();
+        for (p, part) in &self.parts {
+            owned.entry(part.runner.version().clone()).or_default().push((*p, part.runner.epoch()));
+        }
+        for (p, r) in &self.refused {
+            owned.entry(r.version.clone()).or_default().push((*p, r.epoch));
+        }
+        for (version, owned) in owned {
+            self.store.touch(&version, &owned).context("marking partitions alive")?;
+        }
+        Ok(())
+    }
+
+    /// The partitions this worker holds in a version that is no longer the
+    /// live one, and the live one; None when there are none (or the live
+    /// pointer cannot be read now: it is read again in a second).
+    fn promoted(&self) -> Option<(Version, Vec<i32>)> {
+        let live = match self.store.live() {
+            Ok(v) => v,
+            Err(e) => {
+                if crate::throttled("read-live-version") {
+                    tracing::warn!("reading the live view version: {e}");
+                }
+                return None;
+            }
+        };
+        let stale: Vec<i32> = self
             .parts
             .iter()
-            .map(|(p, part)| (*p, part.runner.epoch()))
-            .chain(self.refused.iter().map(|(p, r)| (*p, r.epoch)))
+            .filter(|(_, part)| part.runner.version() != &live)
+            .map(|(p, _)| *p)
+            .chain(self.refused.iter().filter(|(_, r)| r.version != live).map(|(p, _)| *p))
             .collect();
-        self.store.touch(&owned).context("marking partitions alive")?;
-        Ok(())
+        (!stale.is_empty()).then_some((live, stale))
     }
 
     /// Why the group looks stuck, if it does: a partition of the topic that
@@ -444,7 +518,10 @@ impl Engine {
         if self.rebalancing_since.is_some_and(|t| t.elapsed() < after * 3) {
             return None;
         }
-        let leases = match self.store.partitions() {
+        // Signs of life in any version: right after a promotion the new live
+        // version's claims are still being made, while the owners touch the
+        // old one until they switch.
+        let leases = match self.store.signs_of_life() {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!("reading partition leases: {e}");
@@ -454,12 +531,13 @@ impl Engine {
         let now = now().0 / 1000;
         let ours = |p: &i32| self.parts.contains_key(p) || self.refused.contains_key(p);
         for p in (0..partitions).filter(|p| !ours(p)) {
-            match leases.iter().find(|l| l.partition == p) {
+            let latest = leases.iter().filter(|l| l.partition == p).map(|l| l.touched_at_ms).max();
+            match latest {
                 None => return Some(format!("partition {p} was never claimed")),
-                Some(l) if now - l.touched_at_ms > after.as_millis() as i64 => {
+                Some(t) if now - t > after.as_millis() as i64 => {
                     return Some(format!(
                         "partition {p} showed no life for {} s",
-                        (now - l.touched_at_ms) / 1000
+                        (now - t) / 1000
                     ));
                 }
                 Some(_) => {}
@@ -928,6 +1006,113 @@ fn retry_transient<T>(
     }
 }
 
+/// How a switch to a new live version went.
+#[derive(Debug)]
+enum Switched {
+    /// Every partition was claimed in the new version and the consumer
+    /// sought to its snapshot.
+    InPlace,
+    /// The assignment itself must change (a partition refused in one
+    /// version and not in the other, or a seek the consumer refused): why.
+    NeedsRejoin(String),
+}
+
+/// Moves the partitions `stale` from the version they were claimed in to
+/// `live`, after a promotion, without leaving the group:
+/// 1. what is pending for them is applied and committed to the old version,
+///    with a snapshot (the in-flight batch is finished there, its DLQ
+///    records acknowledged first, as any batch), so the old version is
+///    left consistent at the worker's position, for `promote --back`;
+/// 2. each is claimed in `live` (bumping its epoch there, which fences a
+///    replay still writing it), its state restored from `live`'s snapshot;
+/// 3. the consumer seeks it to that snapshot (librdkafka purges what it
+///    fetched from the old position), and the records up to `live`'s
+///    checkpoint are re-applied without writes, as after any claim.
+///
+/// Records below the old position produced their DLQ records already, so
+/// they produce none again. A kill anywhere in between leaves each version
+/// as a commit left it; the next owner claims in the live one.
+fn switch_version<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    e: &mut Engine,
+    topic: &str,
+    live: &Version,
+    stale: &[i32],
+) -> anyhow::Result<Switched> {
+    tracing::info!(
+        version = %live,
+        partitions = ?stale,
+        "the live view version is now `{live}`: committing what is pending to the old one and continuing `{live}` from its checkpoints"
+    );
+    // A version dropped since (promoted away, then dropped before this
+    // worker noticed) takes no more commits: what was polled for it is let
+    // go unapplied, and read again from the live version's checkpoint.
+    let registry = e.store.registry().ok();
+    let abandoned: Vec<i32> = stale
+        .iter()
+        .copied()
+        .filter(|p| {
+            e.parts.get(p).is_some_and(|part| {
+                registry.as_ref().is_some_and(|r| r.by_id(part.runner.version().id).is_none())
+            })
+        })
+        .collect();
+    for p in &abandoned {
+        if let Some(part) = e.parts.get_mut(p) {
+            tracing::warn!(
+                partition = p,
+                version = %part.runner.version(),
+                "the version this partition was written in has been dropped: its pending records are read again in `{live}`"
+            );
+            part.pending.clear();
+        }
+    }
+    let offsets = e.flush(|p| stale.contains(&p) && !abandoned.contains(&p), true)?;
+    commit_to_kafka(consumer, topic, &offsets);
+    let mut seeks = Vec::new();
+    let mut rejoin = None;
+    for &p in stale {
+        let consumed = e.parts.contains_key(&p);
+        if !consumed && !e.refused.contains_key(&p) {
+            // Fenced off while committing: another worker has it now.
+            continue;
+        }
+        let position = e.parts.get(&p).and_then(|part| part.runner.next_offset());
+        let log = watermarks(consumer, topic, p)?;
+        e.release(p);
+        match e.claim(p, Some(log))? {
+            Some(resume) => {
+                if let (Some(o), Some(part)) = (position, e.parts.get_mut(&p)) {
+                    part.runner.dlq_produced_below(o);
+                }
+                if consumed {
+                    seeks.push((p, resume));
+                } else {
+                    rejoin =
+                        Some(format!("partition {p}, refused before, is consumed in `{live}`"));
+                }
+            }
+            None if consumed => {
+                rejoin = Some(format!("partition {p} is refused in `{live}`"));
+            }
+            None => {}
+        }
+    }
+    for (p, resume) in seeks {
+        let offset = match resume {
+            Resume::Beginning => Offset::Beginning,
+            Resume::At(o) => Offset::Offset(o),
+        };
+        if let Err(err) = consumer.seek(topic, p, offset, Duration::from_secs(10)) {
+            rejoin.get_or_insert(format!("the consumer did not seek partition {p}: {err}"));
+        }
+    }
+    Ok(match rejoin {
+        Some(why) => Switched::NeedsRejoin(why),
+        None => Switched::InPlace,
+    })
+}
+
 /// Checks the topic's partition count against the one the store was built
 /// for (recording it the first time): a changed count puts a person's new
 /// events in another partition than their state.
@@ -999,6 +1184,24 @@ pub fn run(
             if let Err(err) = e.touch() {
                 break Err(err);
             }
+            if let Some((live, stale)) = e.promoted() {
+                match switch_version(&consumer, &mut e, &opts.topic, &live, &stale) {
+                    Ok(Switched::InPlace) => {}
+                    Ok(Switched::NeedsRejoin(why)) => {
+                        tracing::warn!(
+                            "switching to version `{live}`: {why}; leaving and rejoining the group, so that every partition is claimed in it afresh"
+                        );
+                        drop(e);
+                        consumer.unsubscribe();
+                        if let Err(err) = consumer.subscribe(&[&opts.topic]) {
+                            break Err(err.into());
+                        }
+                        lock(&engine).settled_at = Instant::now();
+                        continue;
+                    }
+                    Err(err) => break Err(err),
+                }
+            }
             // A safety net under the group coordinator: every worker marks
             // its partitions alive in the store, so a partition left without
             // a live owner is seen, and a rejoin makes the coordinator expire
@@ -1035,6 +1238,20 @@ pub fn run(
     result.map(|()| report)
 }
 
+/// A replay that lost a partition of its version to another writer:
+/// workers, once the version was promoted (or a second replay into it).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the replay into version `{version}` stopped: partition(s) {partitions:?} were claimed by another writer ({detail}). If `{version}` was promoted while the replay wrote it, the workers own it now and continue it from its checkpoints ({checkpoints:?}): nothing is lost or counted twice, and nothing is left to do. Otherwise another replay is writing `{version}`: stop it, drop the version and rebuild it"
+)]
+pub struct ReplayFenced {
+    pub version: String,
+    pub partitions: Vec<i32>,
+    pub detail: String,
+    /// The version's checkpoints (partition, offset) when the replay stopped.
+    pub checkpoints: Vec<(i32, i64)>,
+}
+
 /// Where a replay starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplayFrom {
@@ -1045,14 +1262,20 @@ pub enum ReplayFrom {
     Time(Timestamp),
 }
 
-/// Rebuilds views from the log into `store` (which should be fresh), from `from` up to the end of each partition as it was
-/// when the replay started. Produces nothing: the log's DLQ records were
-/// produced when it was live. `progress` is told the records applied so far
-/// and the total to apply.
+/// Rebuilds views from the log into `version` of `store` (which should be
+/// empty: a fresh store's `v1`, or a version made for the rebuild), from
+/// `from` up to the end of each partition as it was when the replay started.
+/// Produces nothing: the log's DLQ records were produced when it was live.
+/// `progress` is told the records applied so far and the total to apply.
+///
+/// When another writer claims one of its partitions in `version` (workers
+/// do, once `version` is promoted), the replay stops with
+/// [`ReplayFenced`]: the workers continue the version from its checkpoints.
 pub fn replay(
     cluster: &Cluster,
     opts: &WorkerOptions,
     mut store: Box<dyn ViewStore>,
+    version: &Version,
     from: ReplayFrom,
     stop: Arc<AtomicBool>,
     progress: &dyn Fn(u64, u64),
@@ -1061,6 +1284,7 @@ pub fn replay(
     let partitions = crate::partition_count(cluster, &opts.topic)?;
     check_partitions(&mut *store, partitions)?;
     let mut engine = Engine::new(store, opts, None, stop.clone());
+    engine.target = Some(version.clone());
     // No group membership: a replay reads every partition by assignment and
     // commits nothing to Kafka; librdkafka still wants a group id.
     let consumer: BaseConsumer<Quiet> = cluster
@@ -1116,6 +1340,16 @@ pub fn replay(
         if let Err(err) = e.flush(|_| true, false) {
             break Err(err);
         }
+        if !e.fenced.is_empty() {
+            let offsets = e.store.offsets(version).unwrap_or_default();
+            break Err(ReplayFenced {
+                version: version.name.clone(),
+                partitions: e.fenced.iter().map(|(p, _)| *p).collect(),
+                detail: e.fenced[0].1.clone(),
+                checkpoints: offsets,
+            }
+            .into());
+        }
         progress(applied.min(total), total);
         if e.caught_up() {
             break Ok(());
@@ -1125,7 +1359,7 @@ pub fn replay(
     if result.is_ok() {
         e.flush(|_| true, true)?;
     }
-    let offsets = e.store.offsets()?.into_iter().collect();
+    let offsets = e.store.offsets(version)?.into_iter().collect();
     let mut report = e.report.clone();
     report.elapsed = started.elapsed();
     drop(e);

@@ -26,7 +26,7 @@
 use swabstream_core::{
     CoreConfig, DlqRecord, OutcomeCounts, PartitionState, Placement, Record, SnapshotError,
 };
-use swabstream_store::{StoreError, ViewStore};
+use swabstream_store::{StoreError, Version, ViewStore};
 
 /// Why a partition cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -84,9 +84,11 @@ pub enum Committed {
     Idle,
 }
 
-/// One claimed partition: its state, and what the store already holds of it.
+/// One claimed partition of one view version: its state, and what the
+/// store already holds of it.
 #[derive(Debug)]
 pub struct PartitionRunner {
+    version: Version,
     partition: i32,
     epoch: i64,
     state: PartitionState,
@@ -94,6 +96,10 @@ pub struct PartitionRunner {
     checkpoint: i64,
     /// The offset the store's rows reflect now (our last commit).
     written: i64,
+    /// Records below this offset produce no DLQ records: the checkpoint,
+    /// or further on when this worker already produced them while writing
+    /// another version (see [`Self::dlq_produced_below`]).
+    dlq_from: i64,
 }
 
 impl PartitionRunner {
@@ -103,13 +109,14 @@ impl PartitionRunner {
     /// this partition (SPEC §3.1: `WRONG_PARTITION`).
     pub fn claim(
         store: &mut dyn ViewStore,
+        version: &Version,
         partition: i32,
         partitions: i32,
         config: CoreConfig,
     ) -> Result<(PartitionRunner, Resume), PipelineError> {
         let placement = Placement::new(partition, partitions)
             .ok_or(PipelineError::OutsideTopic { partition, partitions })?;
-        let claim = store.claim(partition)?;
+        let claim = store.claim(version, partition)?;
         let checkpoint = claim.checkpoint.as_ref().map_or(0, |c| c.next_offset);
         let (state, resume) = match claim.checkpoint.and_then(|c| c.snapshot) {
             Some(snap) => {
@@ -119,17 +126,25 @@ impl PartitionRunner {
             }
             None => (PartitionState::new(config), Resume::Beginning),
         };
-        Ok((PartitionRunner::new(placement, claim.epoch, state, checkpoint), resume))
+        Ok((PartitionRunner::new(version, placement, claim.epoch, state, checkpoint), resume))
     }
 
-    fn new(placement: Placement, epoch: i64, mut state: PartitionState, checkpoint: i64) -> Self {
+    fn new(
+        version: &Version,
+        placement: Placement,
+        epoch: i64,
+        mut state: PartitionState,
+        checkpoint: i64,
+    ) -> Self {
         state.set_placement(Some(placement));
         PartitionRunner {
+            version: version.clone(),
             partition: placement.partition(),
             epoch,
             state,
             checkpoint,
             written: checkpoint,
+            dlq_from: checkpoint,
         }
     }
 
@@ -151,6 +166,7 @@ impl PartitionRunner {
     /// [`ViewStore::partitions`].
     pub fn claim_or_rebuild(
         store: &mut dyn ViewStore,
+        version: &Version,
         partition: i32,
         partitions: i32,
         config: CoreConfig,
@@ -158,13 +174,13 @@ impl PartitionRunner {
         let placement = Placement::new(partition, partitions)
             .ok_or(PipelineError::OutsideTopic { partition, partitions })?;
         let fresh = |epoch: i64, checkpoint: i64| {
-            PartitionRunner::new(placement, epoch, PartitionState::new(config), checkpoint)
+            PartitionRunner::new(version, placement, epoch, PartitionState::new(config), checkpoint)
         };
-        let claim = match store.claim(partition) {
+        let claim = match store.claim(version, partition) {
             Ok(claim) => claim,
             Err(StoreError::Corrupt(what)) => {
                 let status = store
-                    .partitions()?
+                    .partitions(version)?
                     .into_iter()
                     .find(|s| s.partition == partition)
                     .ok_or_else(|| StoreError::Corrupt(what.clone()))?;
@@ -178,7 +194,8 @@ impl PartitionRunner {
         match claim.checkpoint.and_then(|c| c.snapshot) {
             Some(snap) => match PartitionState::restore(&snap.bytes, config) {
                 Ok(state) => {
-                    let runner = PartitionRunner::new(placement, claim.epoch, state, checkpoint);
+                    let runner =
+                        PartitionRunner::new(version, placement, claim.epoch, state, checkpoint);
                     Ok((runner, Resume::At(snap.next_offset), None))
                 }
                 Err(e) => {
@@ -202,6 +219,20 @@ impl PartitionRunner {
     /// The epoch of this runner's claim.
     pub fn epoch(&self) -> i64 {
         self.epoch
+    }
+
+    /// The view version this runner writes.
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+
+    /// Says that the DLQ records of the records below `offset` were
+    /// produced already: by this worker, while it wrote another version of
+    /// the same log before a promotion switched it to this one. The DLQ is
+    /// one topic for all versions, so producing them again would only
+    /// repeat them.
+    pub fn dlq_produced_below(&mut self, offset: i64) {
+        self.dlq_from = self.dlq_from.max(offset);
     }
 
     /// The partition this runner owns.
@@ -230,7 +261,7 @@ impl PartitionRunner {
     pub fn apply(&mut self, records: &[Record<'_>]) -> (Vec<DlqRecord>, OutcomeCounts) {
         let mut dlq = Vec::new();
         let counts = self.state.apply_batch(records, &mut dlq);
-        dlq.retain(|d| d.offset >= self.checkpoint);
+        dlq.retain(|d| d.offset >= self.dlq_from);
         (dlq, counts)
     }
 
@@ -258,7 +289,8 @@ impl PartitionRunner {
             snapshot,
             snapshot_bytes: bytes.as_ref().map_or(0, Vec::len),
         };
-        match store.commit(self.partition, self.epoch, &rows, next, bytes.as_deref()) {
+        let v = &self.version;
+        match store.commit(v, self.partition, self.epoch, &rows, next, bytes.as_deref()) {
             Ok(()) => {}
             // A snapshot the store cannot take (too large, a disk filling up)
             // must not stop the partition: the rows and offset go without it,
@@ -268,7 +300,7 @@ impl PartitionRunner {
                     && !e.is_fenced()
                     && !matches!(e, StoreError::Regress { .. }) =>
             {
-                store.commit(self.partition, self.epoch, &rows, next, None)?;
+                store.commit(v, self.partition, self.epoch, &rows, next, None)?;
                 outcome = Committed::SnapshotFailed {
                     next_offset: next,
                     snapshot_bytes: bytes.as_ref().map_or(0, Vec::len),
@@ -304,8 +336,23 @@ mod tests {
         fn check_partition_count(&mut self, n: i32) -> Result<(), StoreError> {
             self.0.check_partition_count(n)
         }
-        fn claim(&mut self, p: i32) -> Result<Claim, StoreError> {
-            let mut claim = self.0.claim(p)?;
+        fn registry(&self) -> Result<swabstream_store::Registry, StoreError> {
+            self.0.registry()
+        }
+        fn create_version(&mut self, name: &str) -> Result<Version, StoreError> {
+            self.0.create_version(name)
+        }
+        fn promote(&mut self, name: &str) -> Result<swabstream_store::Promotion, StoreError> {
+            self.0.promote(name)
+        }
+        fn promote_back(&mut self) -> Result<swabstream_store::Promotion, StoreError> {
+            self.0.promote_back()
+        }
+        fn drop_version(&mut self, name: &str) -> Result<Version, StoreError> {
+            self.0.drop_version(name)
+        }
+        fn claim(&mut self, v: &Version, p: i32) -> Result<Claim, StoreError> {
+            let mut claim = self.0.claim(v, p)?;
             if self.1 {
                 return Err(StoreError::Corrupt("snapshot at offset 10: CRC mismatch".into()));
             }
@@ -316,28 +363,36 @@ mod tests {
         }
         fn commit(
             &mut self,
+            v: &Version,
             p: i32,
             epoch: i64,
             rows: &[ViewRow],
             next: i64,
             snapshot: Option<&[u8]>,
         ) -> Result<(), StoreError> {
-            self.0.commit(p, epoch, rows, next, snapshot)
+            self.0.commit(v, p, epoch, rows, next, snapshot)
         }
-        fn touch(&mut self, owned: &[(i32, i64)]) -> Result<(), StoreError> {
-            self.0.touch(owned)
+        fn touch(&mut self, v: &Version, owned: &[(i32, i64)]) -> Result<(), StoreError> {
+            self.0.touch(v, owned)
         }
-        fn checkpoint(&self, p: i32) -> Result<Option<swabstream_store::Checkpoint>, StoreError> {
-            self.0.checkpoint(p)
+        fn checkpoint(
+            &self,
+            v: &Version,
+            p: i32,
+        ) -> Result<Option<swabstream_store::Checkpoint>, StoreError> {
+            self.0.checkpoint(v, p)
         }
-        fn partitions(&self) -> Result<Vec<PartitionStatus>, StoreError> {
-            self.0.partitions()
+        fn partitions(&self, v: &Version) -> Result<Vec<PartitionStatus>, StoreError> {
+            self.0.partitions(v)
         }
-        fn views(&self) -> Result<ViewSet, StoreError> {
-            self.0.views()
+        fn signs_of_life(&self) -> Result<Vec<swabstream_store::Life>, StoreError> {
+            self.0.signs_of_life()
         }
-        fn partition_views(&self, p: i32) -> Result<ViewSet, StoreError> {
-            self.0.partition_views(p)
+        fn version_views(&self, v: &Version) -> Result<ViewSet, StoreError> {
+            self.0.version_views(v)
+        }
+        fn partition_views(&self, v: &Version, p: i32) -> Result<ViewSet, StoreError> {
+            self.0.partition_views(v, p)
         }
     }
 
@@ -361,15 +416,18 @@ mod tests {
             std::fs::create_dir_all(&dir).unwrap();
             let mut store = SqliteStore::open(&dir.join("views.db"), "t").unwrap();
             let config = CoreConfig::default();
-            let (mut first, _) = PartitionRunner::claim(&mut store, 0, 1, config).unwrap();
+            let v1 = store.live().unwrap();
+            let (mut first, _) = PartitionRunner::claim(&mut store, &v1, 0, 1, config).unwrap();
             first.apply(&garbage(0..10));
             first.commit(&mut store, true).unwrap();
-            assert!(PartitionRunner::claim(&mut Damaged(store, corrupt), 0, 1, config).is_err());
+            assert!(
+                PartitionRunner::claim(&mut Damaged(store, corrupt), &v1, 0, 1, config).is_err()
+            );
 
             let store = SqliteStore::open(&dir.join("views.db"), "t").unwrap();
             let mut damaged = Damaged(store, corrupt);
             let (mut runner, resume, why) =
-                PartitionRunner::claim_or_rebuild(&mut damaged, 0, 1, config).unwrap();
+                PartitionRunner::claim_or_rebuild(&mut damaged, &v1, 0, 1, config).unwrap();
             assert_eq!(resume, Resume::Beginning);
             assert!(why.is_some());
             assert_eq!((runner.checkpoint(), runner.epoch()), (10, 3), "the claim stands");
@@ -388,5 +446,31 @@ mod tests {
             ));
             let _ = std::fs::remove_dir_all(&dir);
         }
+    }
+
+    /// After a switch between versions, records whose DLQ records this
+    /// worker produced while writing the other version produce none again;
+    /// the ones past that point do.
+    #[test]
+    fn dlq_records_already_produced_for_another_version_are_not_produced_again() {
+        let dir =
+            std::env::temp_dir().join(format!("swabstream-pipeline-dlq-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut store = SqliteStore::open(&dir.join("views.db"), "t").unwrap();
+        let v2 = store.create_version("v2").unwrap();
+        let config = CoreConfig::default();
+        let (mut runner, resume) = PartitionRunner::claim(&mut store, &v2, 0, 1, config).unwrap();
+        assert_eq!((resume, runner.version()), (Resume::Beginning, &v2));
+        runner.dlq_produced_below(6);
+        // Below the floor, never above it: a lower call changes nothing.
+        runner.dlq_produced_below(3);
+        let (dlq, _) = runner.apply(&garbage(0..9));
+        assert_eq!(dlq.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![6, 7, 8]);
+        // The rows of every record are written all the same, to v2.
+        runner.commit(&mut store, false).unwrap();
+        assert_eq!(store.offsets(&v2).unwrap(), vec![(0, 9)]);
+        assert_eq!(store.offsets(&store.live().unwrap()).unwrap(), vec![]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

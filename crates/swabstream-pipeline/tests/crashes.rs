@@ -14,9 +14,14 @@ use swabstream_events::Timestamp;
 use swabstream_events::avro::Codec;
 use swabstream_pipeline::{Committed, PartitionRunner, Resume};
 use swabstream_sim::{SimConfig, simulate};
-use swabstream_store::ViewStore;
+use swabstream_store::{StoreError, Version, ViewStore};
 use swabstream_store_sqlite::SqliteStore;
 use swabstream_views::ViewSet;
+
+/// The version a new store starts with, live.
+fn v1() -> Version {
+    Version { name: "v1".into(), id: 1 }
+}
 
 const PARTITIONS: usize = 2;
 
@@ -86,9 +91,14 @@ fn run_with_crashes(
         let p = p as i32;
         let mut lives = crashes.iter().copied().map(Some).chain(std::iter::once(None));
         'lives: for crash in &mut lives {
-            let (mut runner, resume) =
-                PartitionRunner::claim(&mut store, p, PARTITIONS as i32, CoreConfig::default())
-                    .unwrap();
+            let (mut runner, resume) = PartitionRunner::claim(
+                &mut store,
+                &v1(),
+                p,
+                PARTITIONS as i32,
+                CoreConfig::default(),
+            )
+            .unwrap();
             let mut pos = match resume {
                 Resume::Beginning => 0,
                 Resume::At(o) => o as usize,
@@ -162,10 +172,12 @@ fn a_fenced_worker_cannot_commit() {
     let db = temp_db("fenced");
     let mut store = SqliteStore::open(&db, "sampling-events").unwrap();
     let (mut old, _) =
-        PartitionRunner::claim(&mut store, 0, PARTITIONS as i32, CoreConfig::default()).unwrap();
+        PartitionRunner::claim(&mut store, &v1(), 0, PARTITIONS as i32, CoreConfig::default())
+            .unwrap();
     let mut other = SqliteStore::open(&db, "sampling-events").unwrap();
     let (_new, _) =
-        PartitionRunner::claim(&mut other, 0, PARTITIONS as i32, CoreConfig::default()).unwrap();
+        PartitionRunner::claim(&mut other, &v1(), 0, PARTITIONS as i32, CoreConfig::default())
+            .unwrap();
     let records: Vec<Record<'_>> = d.logs[0]
         .iter()
         .enumerate()
@@ -213,48 +225,69 @@ impl ViewStore for RefusesSnapshots {
     fn describe(&self) -> String {
         self.0.describe()
     }
-    fn check_partition_count(&mut self, n: i32) -> Result<(), swabstream_store::StoreError> {
+    fn check_partition_count(&mut self, n: i32) -> Result<(), StoreError> {
         self.0.check_partition_count(n)
     }
-    fn claim(&mut self, p: i32) -> Result<swabstream_store::Claim, swabstream_store::StoreError> {
-        self.0.claim(p)
+    fn registry(&self) -> Result<swabstream_store::Registry, StoreError> {
+        self.0.registry()
+    }
+    fn create_version(&mut self, name: &str) -> Result<Version, StoreError> {
+        self.0.create_version(name)
+    }
+    fn promote(&mut self, name: &str) -> Result<swabstream_store::Promotion, StoreError> {
+        self.0.promote(name)
+    }
+    fn promote_back(&mut self) -> Result<swabstream_store::Promotion, StoreError> {
+        self.0.promote_back()
+    }
+    fn drop_version(&mut self, name: &str) -> Result<Version, StoreError> {
+        self.0.drop_version(name)
+    }
+    fn claim(&mut self, v: &Version, p: i32) -> Result<swabstream_store::Claim, StoreError> {
+        self.0.claim(v, p)
     }
     fn commit(
         &mut self,
+        v: &Version,
         p: i32,
         epoch: i64,
         rows: &[swabstream_views::ViewRow],
         next: i64,
         snapshot: Option<&[u8]>,
-    ) -> Result<(), swabstream_store::StoreError> {
+    ) -> Result<(), StoreError> {
         if snapshot.is_some() {
-            return Err(swabstream_store::StoreError::Backend {
+            return Err(StoreError::Backend {
                 store: "test",
                 transient: false,
                 error: "string or blob too big".into(),
             });
         }
-        self.0.commit(p, epoch, rows, next, None)
+        self.0.commit(v, p, epoch, rows, next, None)
     }
-    fn touch(&mut self, owned: &[(i32, i64)]) -> Result<(), swabstream_store::StoreError> {
-        self.0.touch(owned)
+    fn touch(&mut self, v: &Version, owned: &[(i32, i64)]) -> Result<(), StoreError> {
+        self.0.touch(v, owned)
     }
     fn checkpoint(
         &self,
+        v: &Version,
         p: i32,
-    ) -> Result<Option<swabstream_store::Checkpoint>, swabstream_store::StoreError> {
-        self.0.checkpoint(p)
+    ) -> Result<Option<swabstream_store::Checkpoint>, StoreError> {
+        self.0.checkpoint(v, p)
     }
     fn partitions(
         &self,
-    ) -> Result<Vec<swabstream_store::PartitionStatus>, swabstream_store::StoreError> {
-        self.0.partitions()
+        v: &Version,
+    ) -> Result<Vec<swabstream_store::PartitionStatus>, StoreError> {
+        self.0.partitions(v)
     }
-    fn views(&self) -> Result<ViewSet, swabstream_store::StoreError> {
-        self.0.views()
+    fn signs_of_life(&self) -> Result<Vec<swabstream_store::Life>, StoreError> {
+        self.0.signs_of_life()
     }
-    fn partition_views(&self, p: i32) -> Result<ViewSet, swabstream_store::StoreError> {
-        self.0.partition_views(p)
+    fn version_views(&self, v: &Version) -> Result<ViewSet, StoreError> {
+        self.0.version_views(v)
+    }
+    fn partition_views(&self, v: &Version, p: i32) -> Result<ViewSet, StoreError> {
+        self.0.partition_views(v, p)
     }
 }
 
@@ -265,7 +298,8 @@ fn a_snapshot_the_store_cannot_take_does_not_stop_the_partition() {
     let mut store = RefusesSnapshots(SqliteStore::open(&db, "sampling-events").unwrap());
     let log = &d.logs[0];
     let (mut runner, _) =
-        PartitionRunner::claim(&mut store, 0, PARTITIONS as i32, CoreConfig::default()).unwrap();
+        PartitionRunner::claim(&mut store, &v1(), 0, PARTITIONS as i32, CoreConfig::default())
+            .unwrap();
     for (n, chunk) in (0..log.len()).collect::<Vec<_>>().chunks(100).enumerate() {
         let records: Vec<Record<'_>> = chunk
             .iter()
@@ -289,11 +323,12 @@ fn a_snapshot_the_store_cannot_take_does_not_stop_the_partition() {
     }
     // Rows and offsets went on; the partition never got a snapshot, so a
     // successor rebuilds from the beginning — and still gets the truth.
-    assert_eq!(store.offsets().unwrap(), vec![(0, log.len() as i64)]);
-    assert_eq!(store.checkpoint(0).unwrap().unwrap().snapshot, None);
+    assert_eq!(store.offsets(&v1()).unwrap(), vec![(0, log.len() as i64)]);
+    assert_eq!(store.checkpoint(&v1(), 0).unwrap().unwrap().snapshot, None);
     let mut plain = SqliteStore::open(&db, "sampling-events").unwrap();
     let (mut next, resume) =
-        PartitionRunner::claim(&mut plain, 0, PARTITIONS as i32, CoreConfig::default()).unwrap();
+        PartitionRunner::claim(&mut plain, &v1(), 0, PARTITIONS as i32, CoreConfig::default())
+            .unwrap();
     assert_eq!(resume, Resume::Beginning);
     let records: Vec<Record<'_>> = (0..log.len())
         .map(|o| Record {
@@ -310,7 +345,8 @@ fn a_snapshot_the_store_cannot_take_does_not_stop_the_partition() {
     ));
     let mut one = SqliteStore::open(&temp_db("snapshot-refused-ref"), "sampling-events").unwrap();
     let (mut reference, _) =
-        PartitionRunner::claim(&mut one, 0, PARTITIONS as i32, CoreConfig::default()).unwrap();
+        PartitionRunner::claim(&mut one, &v1(), 0, PARTITIONS as i32, CoreConfig::default())
+            .unwrap();
     reference.apply(&records);
     reference.commit(&mut one, false).unwrap();
     assert_eq!(plain.views().unwrap(), one.views().unwrap());

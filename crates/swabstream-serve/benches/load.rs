@@ -22,6 +22,9 @@ use swabstream_views::{ViewRow, ViewSet};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const TOPIC: &str = "bench";
+/// The version a new store starts with, live.
+static V1: std::sync::LazyLock<swabstream_store::Version> =
+    std::sync::LazyLock::new(|| swabstream_store::Version { name: "v1".into(), id: 1 });
 const CONNECTIONS: usize = 64;
 const STREAMS: usize = 1000;
 
@@ -94,8 +97,8 @@ fn main() {
     let day = truth.city_daily[0].day;
     let mut writer = SqliteStore::open(&path, TOPIC).unwrap();
     writer.check_partition_count(1).unwrap();
-    let epoch = writer.claim(0).unwrap().epoch;
-    writer.commit(0, epoch, &truth.clone().into_rows().collect::<Vec<_>>(), 1, None).unwrap();
+    let epoch = writer.claim(&writer.live().unwrap(), 0).unwrap().epoch;
+    writer.commit(&V1, 0, epoch, &truth.clone().into_rows().collect::<Vec<_>>(), 1, None).unwrap();
     println!(
         "store: {} site_hourly rows, {} district rows ({} people simulated)",
         truth.site_hourly.len(),
@@ -112,7 +115,7 @@ fn main() {
             let mut n = 1u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                writer.commit(0, epoch, &bump(&truth, n), n as i64, None).unwrap();
+                writer.commit(&V1, 0, epoch, &bump(&truth, n), n as i64, None).unwrap();
                 commits.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(50));
             }

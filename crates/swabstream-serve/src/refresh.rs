@@ -31,6 +31,9 @@ pub struct AsOf {
     pub read_at: Option<String>,
     /// When the store was last tried.
     pub checked_at: String,
+    /// The view version the numbers are from: the live one when they were
+    /// read (SPEC §9); null before the first read.
+    pub version: Option<String>,
     /// Whether the last try failed, so the numbers are those of `read_at`.
     pub stale: bool,
     /// Why the store could not be read, when stale.
@@ -79,6 +82,7 @@ impl Snapshot {
         let as_of = AsOf {
             read_at: None,
             checked_at: now_rfc3339(),
+            version: None,
             stale: true,
             problem: Some("the view store was not read yet".to_owned()),
             lag: None,
@@ -140,7 +144,7 @@ fn refresh_loop(
     stop: Arc<AtomicBool>,
 ) {
     let mut store: Option<Box<dyn ViewStore>> = None;
-    let mut last: Option<(Arc<ViewSet>, Vec<PartitionStatus>, String)> = None;
+    let mut last: Option<(Arc<ViewSet>, Vec<PartitionStatus>, String, String)> = None;
     let mut generation = 0u64;
     let mut was_stale = false;
     while !stop.load(Ordering::Relaxed) {
@@ -152,25 +156,29 @@ fn refresh_loop(
                 store = Some(opener()?);
             }
             let s = store.as_ref().expect("just opened");
-            Ok::<_, StoreError>((s.views()?, s.partitions()?))
+            // The views and checkpoints of one version, the live one as read
+            // now: a promotion between the reads does not mix two.
+            let live = s.live()?;
+            Ok::<_, StoreError>((s.version_views(&live)?, s.partitions(&live)?, live.name))
         })();
         let checked_at = now_rfc3339();
         let ends = ends.lock().expect("not poisoned").clone();
         let snapshot = match read {
-            Ok((views, parts)) => {
+            Ok((views, parts, version)) => {
                 let changed = match &last {
-                    Some((v, p, _)) => **v != views || *p != parts,
+                    Some((v, p, _, n)) => **v != views || *p != parts || *n != version,
                     None => true,
                 };
                 if changed || was_stale {
                     generation += 1;
                 }
                 let views = match (&last, changed) {
-                    (Some((v, _, _)), false) => v.clone(),
+                    (Some((v, _, _, _)), false) => v.clone(),
                     _ => Arc::new(views),
                 };
-                let as_of = as_of(&parts, &ends, Some(checked_at.clone()), checked_at, None);
-                last = Some((views.clone(), parts, as_of.checked_at.clone()));
+                let mut as_of = as_of(&parts, &ends, Some(checked_at.clone()), checked_at, None);
+                as_of.version = Some(version.clone());
+                last = Some((views.clone(), parts, as_of.checked_at.clone(), version));
                 was_stale = false;
                 metrics::gauge!("swabstream_serve_stale").set(0.0);
                 Snapshot::new(views, as_of, generation, true)
@@ -185,14 +193,15 @@ fn refresh_loop(
                 }
                 was_stale = true;
                 match &last {
-                    Some((views, parts, read_at)) => {
-                        let as_of = as_of(
+                    Some((views, parts, read_at, version)) => {
+                        let mut as_of = as_of(
                             parts,
                             &ends,
                             Some(read_at.clone()),
                             checked_at,
                             Some(e.to_string()),
                         );
+                        as_of.version = Some(version.clone());
                         Snapshot::new(views.clone(), as_of, generation, true)
                     }
                     None => {
@@ -242,7 +251,7 @@ fn as_of(
     }
     let partitions: Vec<PartitionAsOf> = by_partition.into_values().collect();
     let lag = (!ends.is_empty()).then(|| partitions.iter().filter_map(|p| p.lag).sum());
-    AsOf { read_at, checked_at, stale: problem.is_some(), problem, lag, partitions }
+    AsOf { read_at, checked_at, version: None, stale: problem.is_some(), problem, lag, partitions }
 }
 
 fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) {

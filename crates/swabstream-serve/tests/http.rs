@@ -16,9 +16,14 @@ use serde_json::{Value, json};
 use swabstream_events::Day;
 use swabstream_gateway::auth::{Credentials, new_token};
 use swabstream_serve::{Options, Service};
-use swabstream_store::ViewStore;
+use swabstream_store::{Version, ViewStore};
 use swabstream_store_sqlite::SqliteStore;
 use swabstream_views::*;
+
+/// The version a new store starts with, live.
+fn v1() -> Version {
+    Version { name: "v1".into(), id: 1 }
+}
 
 const TOPIC: &str = "serve-test";
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -129,8 +134,8 @@ async fn start(name: &str) -> Fixture {
     writer.check_partition_count(2).unwrap();
     let mut epochs = vec![];
     for p in 0..2 {
-        let claim = writer.claim(p).unwrap();
-        writer.commit(p, claim.epoch, &rows(p, 1), 100 + i64::from(p), None).unwrap();
+        let claim = writer.claim(&v1(), p).unwrap();
+        writer.commit(&v1(), p, claim.epoch, &rows(p, 1), 100 + i64::from(p), None).unwrap();
         epochs.push(claim.epoch);
     }
     let (token, hash) = new_token("analyst-1", &[5; 32]);
@@ -217,7 +222,14 @@ impl Fixture {
     fn commit(&mut self, scale: u64, offsets: [i64; 2]) {
         for p in 0..2 {
             self.writer
-                .commit(p, self.epochs[p as usize], &rows(p, scale), offsets[p as usize], None)
+                .commit(
+                    &v1(),
+                    p,
+                    self.epochs[p as usize],
+                    &rows(p, scale),
+                    offsets[p as usize],
+                    None,
+                )
                 .unwrap();
         }
     }
@@ -260,6 +272,7 @@ async fn views_filters_csv_and_as_of() {
     // as_of: the checkpoints committed, the log ends, the lag, the commit time.
     let a = f.get("/v1/views/city_daily").await.json()["as_of"].clone();
     assert_eq!(a["stale"], false);
+    assert_eq!(a["version"], "v1", "the live version is named");
     assert_eq!(a["partitions"][0]["checkpoint_offset"], 100);
     assert_eq!(a["partitions"][0]["log_end"], 150);
     assert_eq!(a["partitions"][0]["lag"], 50);

@@ -63,7 +63,7 @@ fn main() {
             state.apply_batch(batch, &mut Vec::new());
             let rows = state.take_changes();
             let next = state.next_offset().unwrap();
-            let plan = cql::commit_plan(p as i32, 1, &rows, next, None, 0).unwrap();
+            let plan = cql::commit_plan(1, p as i32, 1, &rows, next, None, 0).unwrap();
             let statements = plan.statements().count() as u64;
             let bytes = plan.wire_bytes() as u64;
             t.commits += 1;
@@ -82,7 +82,8 @@ fn main() {
         // The snapshot the partition would write at the end of the day.
         let snapshot = state.snapshot();
         let next = state.next_offset().unwrap();
-        snapshot_plans.push(cql::commit_plan(p as i32, 1, &[], next, Some(&snapshot), 0).unwrap());
+        snapshot_plans
+            .push(cql::commit_plan(1, p as i32, 1, &[], next, Some(&snapshot), 0).unwrap());
     }
     let elapsed = started.elapsed();
 

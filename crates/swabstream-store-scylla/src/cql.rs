@@ -7,7 +7,7 @@
 //! the Kafka offset the write reflects, times [`STEPS`], plus its step.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use scylla::statement::{Consistency, SerialConsistency};
 use swabstream_events::Day;
@@ -17,9 +17,15 @@ use swabstream_views::ViewRow;
 use crate::ScyllaError;
 
 /// The CQL schema, with `{keyspace}` and `{replication}` to substitute.
-pub const SCHEMA: &str = include_str!("../../../schemas/scylla-views-v1.cql");
-/// The schema version recorded in `meta` (the file's `-v1`).
-pub const SCHEMA_VERSION: &str = "1";
+pub const SCHEMA: &str = include_str!("../../../schemas/scylla-views-v2.cql");
+/// The schema version recorded in `meta` (the file's `-v2`).
+pub const SCHEMA_VERSION: &str = "2";
+/// How many of the schema's statements come before the version is checked:
+/// the keyspace and `meta`. The other tables are made only in a keyspace
+/// that holds this version (or none yet), never beside another version's.
+pub const SCHEMA_PREAMBLE: usize = 2;
+/// The registry's one row.
+pub const REGISTRY_KEY: &str = "versions";
 /// Snapshot chunk size: half of the 1 MiB at which Scylla warns of a large
 /// cell, so a 100 MB snapshot is 200 rows of one Scylla partition.
 pub const CHUNK_BYTES: usize = 512 << 10;
@@ -149,6 +155,10 @@ pub enum Step {
     Checkpoint = 2,
     /// The deletion of older snapshots, once the checkpoint points past them.
     Cleanup = 3,
+    /// A dropped version's deletions, at the largest offset: they shadow
+    /// every write to the dropped version's id, even a stale writer's
+    /// arriving later (the id is never given again).
+    Drop = 7,
 }
 
 /// The write timestamp of a write reflecting the log up to `next_offset`:
@@ -169,6 +179,12 @@ pub fn write_ts(next_offset: i64, step: Step) -> Result<i64, ScyllaError> {
 /// The largest offset [`write_ts`] accepts.
 pub const MAX_OFFSET: i64 = (i64::MAX - (STEPS - 1)) / STEPS;
 
+/// The timestamp of a dropped version's deletions: above every timestamp
+/// [`write_ts`] gives a write.
+pub fn drop_ts() -> i64 {
+    MAX_OFFSET * STEPS + Step::Drop as i64
+}
+
 /// A bound value, typed as its column.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Value {
@@ -182,6 +198,12 @@ pub enum Value {
         manifest: Manifest,
         epoch: i64,
     },
+    /// A null (an unset registry pointer).
+    Null,
+    /// The registry's `versions` cell: name → (id, created_at_ms).
+    Versions(BTreeMap<String, (i64, i64)>),
+    /// The registry's `dropping` cell.
+    Ids(BTreeSet<i64>),
 }
 
 impl Value {
@@ -194,6 +216,11 @@ impl Value {
             Value::Blob(b) => b.len(),
             // A tuple: each of its five elements with its own length.
             Value::Snapshot { .. } => 4 * 5 + 8 + 8 + 4 + 8 + 8,
+            Value::Null => 0,
+            Value::Versions(m) => {
+                4 + m.keys().map(|k| 4 + k.len() + 4 + 2 * (4 + 8)).sum::<usize>()
+            }
+            Value::Ids(s) => 4 + s.len() * (4 + 8),
         }
     }
 
@@ -250,6 +277,24 @@ pub enum Stmt {
     PartMethod,
     PartRejections,
     PartCodes,
+    ReadRegistry,
+    InsertRegistry,
+    UpdateRegistry,
+    DeleteClaim,
+    DropCity,
+    DropDistrict,
+    DropSite,
+    DropMethod,
+    DropRejections,
+    DropCodes,
+    DropCheckpoint,
+    DropChunks,
+    KeysCity,
+    KeysDistrict,
+    KeysSite,
+    KeysMethod,
+    KeysRejections,
+    KeysCodes,
 }
 
 /// One view's table, the columns of its key (Scylla partition key first,
@@ -300,10 +345,15 @@ const CODES: ViewTable = ViewTable {
 };
 
 impl ViewTable {
-    /// `INSERT INTO ks.t (key…, partition, values…) VALUES (?, …) USING TIMESTAMP ?`
+    /// `INSERT INTO ks.t (version, key…, partition, values…) VALUES (?, …) USING TIMESTAMP ?`
     fn upsert(&self, ks: &str) -> String {
-        let cols: Vec<&str> =
-            self.key.iter().chain(&["partition"]).chain(self.values).copied().collect();
+        let cols: Vec<&str> = ["version"]
+            .iter()
+            .chain(self.key)
+            .chain(&["partition"])
+            .chain(self.values)
+            .copied()
+            .collect();
         let marks = vec!["?"; cols.len()].join(", ");
         format!(
             "INSERT INTO {ks}.{} ({}) VALUES ({marks}) USING TIMESTAMP ?",
@@ -312,11 +362,13 @@ impl ViewTable {
         )
     }
 
-    /// The city's rows: summed over Kafka partitions by the server.
+    /// The city's rows, per version: summed over Kafka partitions by the
+    /// server (the caller keeps the version it reads; restricting `version`
+    /// alone, a part of the partition key, would need filtering).
     fn sum(&self, ks: &str) -> String {
         let sums: Vec<String> = self.values.iter().map(|v| format!("SUM({v})")).collect();
         format!(
-            "SELECT {}, {} FROM {ks}.{} GROUP BY {}",
+            "SELECT version, {}, {} FROM {ks}.{} GROUP BY version, {}",
             self.key.join(", "),
             sums.join(", "),
             self.table,
@@ -324,20 +376,36 @@ impl ViewTable {
         )
     }
 
-    /// One Kafka partition's rows (a filtered scan: `partition` is the last
-    /// clustering column, for the sums' sake).
+    /// One Kafka partition's rows, in every version (a filtered scan:
+    /// `partition` is the last clustering column, for the sums' sake).
     fn part(&self, ks: &str) -> String {
         format!(
-            "SELECT {}, {} FROM {ks}.{} WHERE partition = ? ALLOW FILTERING",
+            "SELECT version, {}, {} FROM {ks}.{} WHERE partition = ? ALLOW FILTERING",
             self.key.join(", "),
             self.values.join(", "),
             self.table
         )
     }
+
+    /// The Scylla partition keys of the table, in every version (for a drop).
+    fn keys(&self, ks: &str) -> String {
+        let routing: Vec<&str> = self.key[..self.routing].to_vec();
+        format!("SELECT DISTINCT version, {} FROM {ks}.{}", routing.join(", "), self.table)
+    }
+
+    /// The deletion of one Scylla partition of a dropped version.
+    fn drop_partition(&self, ks: &str) -> String {
+        let conds: Vec<String> = ["version"]
+            .iter()
+            .chain(&self.key[..self.routing])
+            .map(|c| format!("{c} = ?"))
+            .collect();
+        format!("DELETE FROM {ks}.{} USING TIMESTAMP ? WHERE {}", self.table, conds.join(" AND "))
+    }
 }
 
 impl Stmt {
-    pub const ALL: [Stmt; 33] = [
+    pub const ALL: [Stmt; 51] = [
         Stmt::UpsertCity,
         Stmt::UpsertDistrict,
         Stmt::UpsertSite,
@@ -371,17 +439,37 @@ impl Stmt {
         Stmt::PartMethod,
         Stmt::PartRejections,
         Stmt::PartCodes,
+        Stmt::ReadRegistry,
+        Stmt::InsertRegistry,
+        Stmt::UpdateRegistry,
+        Stmt::DeleteClaim,
+        Stmt::DropCity,
+        Stmt::DropDistrict,
+        Stmt::DropSite,
+        Stmt::DropMethod,
+        Stmt::DropRejections,
+        Stmt::DropCodes,
+        Stmt::DropCheckpoint,
+        Stmt::DropChunks,
+        Stmt::KeysCity,
+        Stmt::KeysDistrict,
+        Stmt::KeysSite,
+        Stmt::KeysMethod,
+        Stmt::KeysRejections,
+        Stmt::KeysCodes,
     ];
 
     fn view(self) -> Option<&'static ViewTable> {
         use Stmt::*;
         Some(match self {
-            UpsertCity | SumCity | PartCity => &CITY,
-            UpsertDistrict | SumDistrict | PartDistrict => &DISTRICT,
-            UpsertSite | SumSite | PartSite => &SITE,
-            UpsertMethod | SumMethod | PartMethod => &METHOD,
-            UpsertRejections | SumRejections | PartRejections => &REJECTIONS,
-            UpsertCodes | SumCodes | PartCodes => &CODES,
+            UpsertCity | SumCity | PartCity | DropCity | KeysCity => &CITY,
+            UpsertDistrict | SumDistrict | PartDistrict | DropDistrict | KeysDistrict => &DISTRICT,
+            UpsertSite | SumSite | PartSite | DropSite | KeysSite => &SITE,
+            UpsertMethod | SumMethod | PartMethod | DropMethod | KeysMethod => &METHOD,
+            UpsertRejections | SumRejections | PartRejections | DropRejections | KeysRejections => {
+                &REJECTIONS
+            }
+            UpsertCodes | SumCodes | PartCodes | DropCodes | KeysCodes => &CODES,
             _ => return None,
         })
     }
@@ -399,41 +487,69 @@ impl Stmt {
             PartCity | PartDistrict | PartSite | PartMethod | PartRejections | PartCodes => {
                 self.view().map(|v| v.part(ks)).unwrap_or_default()
             }
+            DropCity | DropDistrict | DropSite | DropMethod | DropRejections | DropCodes => {
+                self.view().map(|v| v.drop_partition(ks)).unwrap_or_default()
+            }
+            KeysCity | KeysDistrict | KeysSite | KeysMethod | KeysRejections | KeysCodes => {
+                self.view().map(|v| v.keys(ks)).unwrap_or_default()
+            }
             InsertChunk => format!(
-                "INSERT INTO {ks}.snapshot_chunk (partition, snapshot_offset, epoch, seq, bytes) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"
+                "INSERT INTO {ks}.snapshot_chunk (version, partition, snapshot_offset, epoch, seq, bytes) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
             ),
             WriteCheckpoint => format!(
-                "UPDATE {ks}.checkpoint USING TIMESTAMP ? SET next_offset = ?, committed_epoch = ?, committed_at_ms = ? WHERE partition = ?"
+                "UPDATE {ks}.checkpoint USING TIMESTAMP ? SET next_offset = ?, committed_epoch = ?, committed_at_ms = ? WHERE version = ? AND partition = ?"
             ),
             WriteCheckpointAndSnapshot => format!(
-                "UPDATE {ks}.checkpoint USING TIMESTAMP ? SET next_offset = ?, committed_epoch = ?, committed_at_ms = ?, snapshot = ?, snapshot_at_ms = ? WHERE partition = ?"
+                "UPDATE {ks}.checkpoint USING TIMESTAMP ? SET next_offset = ?, committed_epoch = ?, committed_at_ms = ?, snapshot = ?, snapshot_at_ms = ? WHERE version = ? AND partition = ?"
             ),
             DeleteOlderSnapshots => format!(
-                "DELETE FROM {ks}.snapshot_chunk USING TIMESTAMP ? WHERE partition = ? AND snapshot_offset < ?"
+                "DELETE FROM {ks}.snapshot_chunk USING TIMESTAMP ? WHERE version = ? AND partition = ? AND snapshot_offset < ?"
             ),
-            ReadEpoch => format!("SELECT epoch FROM {ks}.claim WHERE partition = ?"),
-            ReadCommitted => format!(
-                "SELECT next_offset, committed_epoch FROM {ks}.checkpoint WHERE partition = ?"
+            DropCheckpoint => format!(
+                "DELETE FROM {ks}.checkpoint USING TIMESTAMP ? WHERE version = ? AND partition = ?"
             ),
-            ReadCheckpoint => {
-                format!("SELECT next_offset, snapshot FROM {ks}.checkpoint WHERE partition = ?")
+            DropChunks => format!(
+                "DELETE FROM {ks}.snapshot_chunk USING TIMESTAMP ? WHERE version = ? AND partition = ?"
+            ),
+            ReadEpoch => {
+                format!("SELECT epoch FROM {ks}.claim WHERE version = ? AND partition = ?")
             }
-            ReadChunks => format!(
-                "SELECT seq, bytes FROM {ks}.snapshot_chunk WHERE partition = ? AND snapshot_offset = ? AND epoch = ? AND seq < ?"
+            ReadCommitted => format!(
+                "SELECT next_offset, committed_epoch FROM {ks}.checkpoint WHERE version = ? AND partition = ?"
             ),
-            ReadClaims => format!("SELECT partition, epoch, touched_at_ms FROM {ks}.claim"),
+            ReadCheckpoint => format!(
+                "SELECT next_offset, snapshot FROM {ks}.checkpoint WHERE version = ? AND partition = ?"
+            ),
+            ReadChunks => format!(
+                "SELECT seq, bytes FROM {ks}.snapshot_chunk WHERE version = ? AND partition = ? AND snapshot_offset = ? AND epoch = ? AND seq < ?"
+            ),
+            ReadClaims => {
+                format!("SELECT version, partition, epoch, touched_at_ms FROM {ks}.claim")
+            }
             ReadCheckpoints => format!(
-                "SELECT partition, next_offset, committed_at_ms, snapshot, snapshot_at_ms FROM {ks}.checkpoint"
+                "SELECT version, partition, next_offset, committed_at_ms, snapshot, snapshot_at_ms FROM {ks}.checkpoint"
             ),
             ClaimFirst => format!(
-                "INSERT INTO {ks}.claim (partition, epoch, touched_at_ms) VALUES (?, ?, ?) IF NOT EXISTS"
+                "INSERT INTO {ks}.claim (version, partition, epoch, touched_at_ms) VALUES (?, ?, ?, ?) IF NOT EXISTS"
             ),
             ClaimNext => format!(
-                "UPDATE {ks}.claim SET epoch = ?, touched_at_ms = ? WHERE partition = ? IF epoch = ?"
+                "UPDATE {ks}.claim SET epoch = ?, touched_at_ms = ? WHERE version = ? AND partition = ? IF epoch = ?"
             ),
-            Touch => {
-                format!("UPDATE {ks}.claim SET touched_at_ms = ? WHERE partition = ? IF epoch = ?")
+            Touch => format!(
+                "UPDATE {ks}.claim SET touched_at_ms = ? WHERE version = ? AND partition = ? IF epoch = ?"
+            ),
+            DeleteClaim => {
+                format!("DELETE FROM {ks}.claim WHERE version = ? AND partition = ? IF EXISTS")
             }
+            ReadRegistry => format!(
+                "SELECT revision, versions, live, previous, next_id, promoted_at_ms, dropping FROM {ks}.registry WHERE key = ?"
+            ),
+            InsertRegistry => format!(
+                "INSERT INTO {ks}.registry (key, revision, versions, live, previous, next_id, promoted_at_ms, dropping) VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS"
+            ),
+            UpdateRegistry => format!(
+                "UPDATE {ks}.registry SET revision = ?, versions = ?, live = ?, previous = ?, next_id = ?, promoted_at_ms = ?, dropping = ? WHERE key = ? IF revision = ?"
+            ),
             ReadMeta => format!("SELECT value FROM {ks}.meta WHERE key = ?"),
             InsertMeta => {
                 format!("INSERT INTO {ks}.meta (key, value) VALUES (?, ?) IF NOT EXISTS")
@@ -441,9 +557,19 @@ impl Stmt {
         }
     }
 
-    /// A lightweight transaction (on `claim` and `meta` only).
+    /// A lightweight transaction (on `claim`, `meta` and `registry` only).
     pub fn is_lwt(self) -> bool {
-        matches!(self, Stmt::ClaimFirst | Stmt::ClaimNext | Stmt::Touch | Stmt::InsertMeta)
+        use Stmt::*;
+        matches!(
+            self,
+            ClaimFirst
+                | ClaimNext
+                | Touch
+                | DeleteClaim
+                | InsertMeta
+                | InsertRegistry
+                | UpdateRegistry
+        )
     }
 
     /// A plain write: it carries an offset-derived `USING TIMESTAMP ?` and is
@@ -462,6 +588,28 @@ impl Stmt {
                 | WriteCheckpoint
                 | WriteCheckpointAndSnapshot
                 | DeleteOlderSnapshots
+                | DropCity
+                | DropDistrict
+                | DropSite
+                | DropMethod
+                | DropRejections
+                | DropCodes
+                | DropCheckpoint
+                | DropChunks
+        )
+    }
+
+    /// A view row's upsert (batched by Scylla partition).
+    fn is_upsert(self) -> bool {
+        use Stmt::*;
+        matches!(
+            self,
+            UpsertCity
+                | UpsertDistrict
+                | UpsertSite
+                | UpsertMethod
+                | UpsertRejections
+                | UpsertCodes
         )
     }
 
@@ -488,7 +636,8 @@ impl Bound {
     /// empty for statements never batched.
     pub fn routing(&self) -> &[Value] {
         match self.stmt.view() {
-            Some(v) if self.stmt.is_timestamped_write() => &self.values[..v.routing],
+            // The version's id, then the view's routing columns.
+            Some(v) if self.stmt.is_upsert() => &self.values[..=v.routing],
             _ => &[],
         }
     }
@@ -499,8 +648,8 @@ impl Bound {
     }
 }
 
-/// The upsert of one partial row, at write timestamp `ts`.
-pub fn row_statement(partition: i32, row: &ViewRow, ts: i64) -> Bound {
+/// The upsert of one partial row of version `version`, at write timestamp `ts`.
+pub fn row_statement(version: i64, partition: i32, row: &ViewRow, ts: i64) -> Bound {
     use Value::{BigInt, Date, Int, Text};
     let p = Int(partition);
     let (stmt, values) = match row {
@@ -552,9 +701,11 @@ pub fn row_statement(partition: i32, row: &ViewRow, ts: i64) -> Bound {
             vec![Date(r.day), Text(r.kind.clone()), Text(r.channel.clone()), p, count(r.count)],
         ),
     };
-    let mut values = values;
-    values.push(BigInt(ts));
-    Bound { stmt, values }
+    let mut all = Vec::with_capacity(values.len() + 2);
+    all.push(BigInt(version));
+    all.extend(values);
+    all.push(BigInt(ts));
+    Bound { stmt, values: all }
 }
 
 /// What a commit sends, in order: each step's requests may go concurrently,
@@ -580,12 +731,13 @@ impl CommitPlan {
     }
 }
 
-/// The statements of one commit of `partition` by the owner of `epoch`:
+/// The statements of one commit of `partition` of version `version` by the owner of `epoch`:
 /// its rows (as unlogged batches per Scylla partition) and the snapshot's
 /// chunks, then the checkpoint, then — with a snapshot — the deletion of
 /// older snapshots. Every write is stamped with [`write_ts`] of
 /// `next_offset`. `now_ms` is the commit's wall-clock time, for `status`.
 pub fn commit_plan(
+    version: i64,
     partition: i32,
     epoch: i64,
     rows: &[ViewRow],
@@ -598,7 +750,7 @@ pub fn commit_plan(
     let ts_cleanup = write_ts(next_offset, Step::Cleanup)?;
 
     let mut upserts: Vec<Bound> =
-        rows.iter().map(|r| row_statement(partition, r, ts_rows)).collect();
+        rows.iter().map(|r| row_statement(version, partition, r, ts_rows)).collect();
     upserts.sort_by(|a, b| {
         a.stmt.cmp(&b.stmt).then_with(|| {
             a.routing()
@@ -633,6 +785,7 @@ pub fn commit_plan(
                 first.push(vec![Bound {
                     stmt: Stmt::InsertChunk,
                     values: vec![
+                        Value::BigInt(version),
                         Value::Int(partition),
                         Value::BigInt(next_offset),
                         Value::BigInt(epoch),
@@ -651,6 +804,7 @@ pub fn commit_plan(
                     Value::BigInt(now_ms),
                     Value::Snapshot { manifest, epoch },
                     Value::BigInt(now_ms),
+                    Value::BigInt(version),
                     Value::Int(partition),
                 ],
             }
@@ -662,6 +816,7 @@ pub fn commit_plan(
                 Value::BigInt(next_offset),
                 Value::BigInt(epoch),
                 Value::BigInt(now_ms),
+                Value::BigInt(version),
                 Value::Int(partition),
             ],
         },
@@ -675,12 +830,51 @@ pub fn commit_plan(
             stmt: Stmt::DeleteOlderSnapshots,
             values: vec![
                 Value::BigInt(ts_cleanup),
+                Value::BigInt(version),
                 Value::Int(partition),
                 Value::BigInt(next_offset),
             ],
         }]]);
     }
     Ok(CommitPlan { steps })
+}
+
+/// The deletions of a dropped version `version`: every Scylla partition of
+/// its rows (`keys`: each view's partition keys of that version, the version
+/// left out), its checkpoints and snapshot chunks (`partitions`: those its
+/// claims name), all at [`drop_ts`]. Their claims go separately, by LWT.
+pub fn drop_plan(version: i64, keys: &[(Stmt, Vec<Value>)], partitions: &[i32]) -> Vec<Bound> {
+    let ts = Value::BigInt(drop_ts());
+    let mut out = Vec::new();
+    for (stmt, key) in keys {
+        let mut values = vec![ts.clone(), Value::BigInt(version)];
+        values.extend(key.iter().cloned());
+        out.push(Bound { stmt: *stmt, values });
+    }
+    for &p in partitions {
+        for stmt in [Stmt::DropCheckpoint, Stmt::DropChunks] {
+            out.push(Bound {
+                stmt,
+                values: vec![ts.clone(), Value::BigInt(version), Value::Int(p)],
+            });
+        }
+    }
+    out
+}
+
+/// The statement deleting a version's partitions of each view, for the
+/// partition keys its `Keys…` read returned.
+pub fn drop_statement_of(keys: Stmt) -> Option<Stmt> {
+    use Stmt::*;
+    Some(match keys {
+        KeysCity => DropCity,
+        KeysDistrict => DropDistrict,
+        KeysSite => DropSite,
+        KeysMethod => DropMethod,
+        KeysRejections => DropRejections,
+        KeysCodes => DropCodes,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -738,13 +932,24 @@ mod tests {
             stmts[0],
             "CREATE KEYSPACE IF NOT EXISTS views WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}"
         );
-        assert_eq!(stmts.len(), 11);
+        assert_eq!(stmts.len(), 12);
+        assert!(
+            stmts[..SCHEMA_PREAMBLE]
+                .iter()
+                .all(|s| s.contains("KEYSPACE") || s.contains("views.meta ")),
+            "{stmts:?}"
+        );
         for s in &stmts {
             assert!(s.starts_with("CREATE ") && s.contains(" IF NOT EXISTS views"), "{s}");
             assert!(!s.contains('{') || s.starts_with("CREATE KEYSPACE"), "{s}");
             assert!(!s.contains("--"), "{s}");
         }
-        assert!(stmts.iter().any(|s| s.contains("PRIMARY KEY ((day, site_id), hour, partition)")));
+        assert!(
+            stmts
+                .iter()
+                .any(|s| s.contains("PRIMARY KEY ((version, day, site_id), hour, partition)"))
+        );
+        assert!(stmts.iter().any(|s| s.contains("PRIMARY KEY ((version, partition))")));
     }
 
     #[test]
@@ -815,8 +1020,9 @@ mod tests {
                     rejected: 3,
                     duplicates: 1,
                 }),
-                "INSERT INTO views.city_daily_part (day, partition, people_sampled, using_code, valid_scans, rescans, rejected, duplicates) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                "INSERT INTO views.city_daily_part (version, day, partition, people_sampled, using_code, valid_scans, rescans, rejected, duplicates) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
                 vec![
+                    BigInt(9),
                     Date(day()),
                     Int(4),
                     BigInt(7),
@@ -837,8 +1043,9 @@ mod tests {
                     valid_scans: 6,
                     rejected: 1,
                 }),
-                "INSERT INTO views.district_daily_part (day, district, partition, people_sampled, using_code, valid_scans, rejected) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                "INSERT INTO views.district_daily_part (version, day, district, partition, people_sampled, using_code, valid_scans, rejected) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
                 vec![
+                    BigInt(9),
                     Date(day()),
                     Text("310104".into()),
                     Int(4),
@@ -857,8 +1064,9 @@ mod tests {
                     people_sampled: 2,
                     valid_scans: 3,
                 }),
-                "INSERT INTO views.site_hourly_part (day, site_id, hour, partition, people_sampled, valid_scans) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                "INSERT INTO views.site_hourly_part (version, day, site_id, hour, partition, people_sampled, valid_scans) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
                 vec![
+                    BigInt(9),
                     Date(day()),
                     Text("XH-0042".into()),
                     Int(23),
@@ -874,8 +1082,15 @@ mod tests {
                     method: "CODE_PAPER".into(),
                     people_sampled: 11,
                 }),
-                "INSERT INTO views.method_daily_part (day, method, partition, people_sampled) VALUES (?, ?, ?, ?) USING TIMESTAMP ?",
-                vec![Date(day()), Text("CODE_PAPER".into()), Int(4), BigInt(11), BigInt(ts)],
+                "INSERT INTO views.method_daily_part (version, day, method, partition, people_sampled) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                vec![
+                    BigInt(9),
+                    Date(day()),
+                    Text("CODE_PAPER".into()),
+                    Int(4),
+                    BigInt(11),
+                    BigInt(ts),
+                ],
             ),
             (
                 ViewRow::RejectionsDaily(RejectionsDaily {
@@ -883,8 +1098,15 @@ mod tests {
                     reason: "IN_FUTURE".into(),
                     count: 13,
                 }),
-                "INSERT INTO views.rejections_daily_part (day, reason, partition, count) VALUES (?, ?, ?, ?) USING TIMESTAMP ?",
-                vec![Date(day()), Text("IN_FUTURE".into()), Int(4), BigInt(13), BigInt(ts)],
+                "INSERT INTO views.rejections_daily_part (version, day, reason, partition, count) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                vec![
+                    BigInt(9),
+                    Date(day()),
+                    Text("IN_FUTURE".into()),
+                    Int(4),
+                    BigInt(13),
+                    BigInt(ts),
+                ],
             ),
             (
                 ViewRow::CodesIssuedDaily(CodesIssuedDaily {
@@ -893,8 +1115,9 @@ mod tests {
                     channel: "OFFLINE".into(),
                     count: 17,
                 }),
-                "INSERT INTO views.codes_issued_daily_part (day, kind, channel, partition, count) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                "INSERT INTO views.codes_issued_daily_part (version, day, kind, channel, partition, count) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
                 vec![
+                    BigInt(9),
                     Date(day()),
                     Text("PAPER".into()),
                     Text("OFFLINE".into()),
@@ -905,7 +1128,7 @@ mod tests {
             ),
         ];
         for (row, text, values) in cases {
-            let b = row_statement(4, &row, ts);
+            let b = row_statement(9, 4, &row, ts);
             assert_eq!(b.stmt.text(&ks()), text);
             assert_eq!(b.values, values, "{text}");
             // One bound value per marker.
@@ -934,7 +1157,7 @@ mod tests {
             district(day(), "310104"),
             district(d2, "310101"),
         ];
-        let plan = commit_plan(2, 7, &rows, 100, None, 1_650_000_000_000).unwrap();
+        let plan = commit_plan(9, 2, 7, &rows, 100, None, 1_650_000_000_000).unwrap();
         // Per step, per request: each statement and its routing key.
         type Shape = Vec<Vec<Vec<(Stmt, Vec<Value>)>>>;
         let shape: Shape = plan
@@ -950,12 +1173,12 @@ mod tests {
             shape,
             vec![
                 vec![
-                    vec![(Stmt::UpsertCity, vec![Date(day())])],
-                    vec![(Stmt::UpsertDistrict, vec![Date(day())])],
+                    vec![(Stmt::UpsertCity, vec![BigInt(9), Date(day())])],
+                    vec![(Stmt::UpsertDistrict, vec![BigInt(9), Date(day())])],
                     // Both districts of the next day: one batch, one Scylla partition.
                     vec![
-                        (Stmt::UpsertDistrict, vec![Date(d2)]),
-                        (Stmt::UpsertDistrict, vec![Date(d2)])
+                        (Stmt::UpsertDistrict, vec![BigInt(9), Date(d2)]),
+                        (Stmt::UpsertDistrict, vec![BigInt(9), Date(d2)])
                     ],
                 ],
                 vec![vec![(Stmt::WriteCheckpoint, vec![])]],
@@ -965,25 +1188,25 @@ mod tests {
         let cp = &plan.steps[1][0][0];
         assert_eq!(
             cp.stmt.text(&ks()),
-            "UPDATE views.checkpoint USING TIMESTAMP ? SET next_offset = ?, committed_epoch = ?, committed_at_ms = ? WHERE partition = ?"
+            "UPDATE views.checkpoint USING TIMESTAMP ? SET next_offset = ?, committed_epoch = ?, committed_at_ms = ? WHERE version = ? AND partition = ?"
         );
         assert_eq!(
             cp.values,
-            [BigInt(802), BigInt(100), BigInt(7), BigInt(1_650_000_000_000), Int(2)]
+            [BigInt(802), BigInt(100), BigInt(7), BigInt(1_650_000_000_000), BigInt(9), Int(2)]
         );
     }
 
     #[test]
     fn a_commit_with_a_snapshot_writes_chunks_then_checkpoint_then_deletes_older_ones() {
         let snapshot: Vec<u8> = (0..CHUNK_BYTES * 2 + 5).map(|i| (i % 253) as u8).collect();
-        let plan = commit_plan(1, 3, &[city(day(), 1)], 50, Some(&snapshot), 9).unwrap();
+        let plan = commit_plan(9, 1, 3, &[city(day(), 1)], 50, Some(&snapshot), 9).unwrap();
         assert_eq!(plan.steps.len(), 3);
         let chunks: Vec<&Bound> =
             plan.steps[0].iter().flatten().filter(|b| b.stmt == Stmt::InsertChunk).collect();
         assert_eq!(chunks.len(), 3);
-        assert_eq!(chunks[2].values[..4], [Int(1), BigInt(50), BigInt(3), Int(2)]);
-        assert_eq!(chunks[2].values[4], Value::Blob(snapshot[CHUNK_BYTES * 2..].to_vec()));
-        assert_eq!(chunks[2].values[5], BigInt(401));
+        assert_eq!(chunks[2].values[..5], [BigInt(9), Int(1), BigInt(50), BigInt(3), Int(2)]);
+        assert_eq!(chunks[2].values[5], Value::Blob(snapshot[CHUNK_BYTES * 2..].to_vec()));
+        assert_eq!(chunks[2].values[6], BigInt(401));
         let cp = &plan.steps[1][0][0];
         assert_eq!(cp.stmt, Stmt::WriteCheckpointAndSnapshot);
         let manifest = Manifest::of(50, &snapshot, CHUNK_BYTES);
@@ -996,17 +1219,18 @@ mod tests {
                 BigInt(9),
                 Value::Snapshot { manifest, epoch: 3 },
                 BigInt(9),
+                BigInt(9),
                 Int(1)
             ]
         );
         let del = &plan.steps[2][0][0];
         assert_eq!(
             del.stmt.text(&ks()),
-            "DELETE FROM views.snapshot_chunk USING TIMESTAMP ? WHERE partition = ? AND snapshot_offset < ?"
+            "DELETE FROM views.snapshot_chunk USING TIMESTAMP ? WHERE version = ? AND partition = ? AND snapshot_offset < ?"
         );
-        assert_eq!(del.values, [BigInt(403), Int(1), BigInt(50)]);
+        assert_eq!(del.values, [BigInt(403), BigInt(9), Int(1), BigInt(50)]);
         // Reassembled from the statements' own values, the snapshot is whole.
-        let parts = chunks.iter().map(|b| match (&b.values[3], &b.values[4]) {
+        let parts = chunks.iter().map(|b| match (&b.values[4], &b.values[5]) {
             (Int(seq), Value::Blob(c)) => (*seq as u32, c.clone()),
             _ => unreachable!(),
         });
@@ -1016,12 +1240,12 @@ mod tests {
     #[test]
     fn batches_stay_small() {
         let rows: Vec<ViewRow> = (0..200).map(|i| district(day(), &format!("d{i:03}"))).collect();
-        let plan = commit_plan(0, 1, &rows, 5, None, 0).unwrap();
+        let plan = commit_plan(1, 0, 1, &rows, 5, None, 0).unwrap();
         let sizes: Vec<usize> = plan.steps[0].iter().map(Vec::len).collect();
         assert_eq!(sizes, [64, 64, 64, 8]);
         let long = "x".repeat(10_000);
         let rows: Vec<ViewRow> = (0..10).map(|i| district(day(), &format!("{long}{i}"))).collect();
-        let plan = commit_plan(0, 1, &rows, 5, None, 0).unwrap();
+        let plan = commit_plan(1, 0, 1, &rows, 5, None, 0).unwrap();
         assert!(
             plan.steps[0]
                 .iter()
@@ -1031,9 +1255,9 @@ mod tests {
 
     #[test]
     fn an_offset_past_the_timestamps_is_refused_before_anything_is_built() {
-        assert!(commit_plan(0, 1, &[], MAX_OFFSET + 1, None, 0).is_err());
-        assert!(commit_plan(0, 1, &[], -1, None, 0).is_err());
-        assert!(commit_plan(0, 1, &[], MAX_OFFSET, None, 0).is_ok());
+        assert!(commit_plan(1, 0, 1, &[], MAX_OFFSET + 1, None, 0).is_err());
+        assert!(commit_plan(1, 0, 1, &[], -1, None, 0).is_err());
+        assert!(commit_plan(1, 0, 1, &[], MAX_OFFSET, None, 0).is_ok());
     }
 
     /// Every write and delete of the timestamped tables says `USING
@@ -1044,7 +1268,9 @@ mod tests {
         for s in Stmt::ALL {
             let text = s.text(&ks());
             let writes = ["INSERT", "UPDATE", "DELETE"].iter().any(|w| text.starts_with(w));
-            let lwt_table = text.contains("views.claim") || text.contains("views.meta");
+            let lwt_table = text.contains("views.claim ")
+                || text.contains("views.meta ")
+                || text.contains("views.registry ");
             if writes && !lwt_table {
                 assert!(s.is_timestamped_write() && text.contains("USING TIMESTAMP ?"), "{text}");
             }
@@ -1061,15 +1287,73 @@ mod tests {
     fn reads_sum_by_group_by_on_the_key() {
         assert_eq!(
             Stmt::SumSite.text(&ks()),
-            "SELECT day, site_id, hour, SUM(people_sampled), SUM(valid_scans) FROM views.site_hourly_part GROUP BY day, site_id, hour"
+            "SELECT version, day, site_id, hour, SUM(people_sampled), SUM(valid_scans) FROM views.site_hourly_part GROUP BY version, day, site_id, hour"
         );
         assert_eq!(
             Stmt::SumCity.text(&ks()),
-            "SELECT day, SUM(people_sampled), SUM(using_code), SUM(valid_scans), SUM(rescans), SUM(rejected), SUM(duplicates) FROM views.city_daily_part GROUP BY day"
+            "SELECT version, day, SUM(people_sampled), SUM(using_code), SUM(valid_scans), SUM(rescans), SUM(rejected), SUM(duplicates) FROM views.city_daily_part GROUP BY version, day"
         );
         assert_eq!(
             Stmt::PartCodes.text(&ks()),
-            "SELECT day, kind, channel, count FROM views.codes_issued_daily_part WHERE partition = ? ALLOW FILTERING"
+            "SELECT version, day, kind, channel, count FROM views.codes_issued_daily_part WHERE partition = ? ALLOW FILTERING"
         );
+    }
+
+    /// A drop deletes whole Scylla partitions of the version, each stamped
+    /// above every offset's timestamp, so that a stale writer's late write
+    /// to the dropped id stays deleted.
+    #[test]
+    fn a_drop_deletes_the_versions_partitions_above_every_write() {
+        assert!(drop_ts() > write_ts(MAX_OFFSET, Step::Cleanup).unwrap());
+        assert_eq!(
+            Stmt::DropSite.text(&ks()),
+            "DELETE FROM views.site_hourly_part USING TIMESTAMP ? WHERE version = ? AND day = ? AND site_id = ?"
+        );
+        assert_eq!(
+            Stmt::KeysSite.text(&ks()),
+            "SELECT DISTINCT version, day, site_id FROM views.site_hourly_part"
+        );
+        assert_eq!(
+            Stmt::KeysCodes.text(&ks()),
+            "SELECT DISTINCT version, day FROM views.codes_issued_daily_part"
+        );
+        let keys = vec![
+            (Stmt::DropCity, vec![Date(day())]),
+            (Stmt::DropSite, vec![Date(day()), Text("S1".into())]),
+        ];
+        let plan = drop_plan(4, &keys, &[0, 2]);
+        assert_eq!(plan.len(), 2 + 2 * 2);
+        for b in &plan {
+            assert_eq!(b.values[0], BigInt(drop_ts()));
+            assert_eq!(b.values[1], BigInt(4));
+            // One bound value per marker.
+            assert_eq!(b.stmt.text(&ks()).matches('?').count(), b.values.len(), "{b:?}");
+            assert!(b.stmt.is_timestamped_write());
+        }
+        assert_eq!(plan[3].stmt, Stmt::DropChunks);
+        assert_eq!(plan[3].values[2], Int(0));
+        assert_eq!(drop_statement_of(Stmt::KeysMethod), Some(Stmt::DropMethod));
+        assert_eq!(drop_statement_of(Stmt::ReadClaims), None);
+        // The claims of a dropped version go by LWT: `claim` never takes a plain write.
+        assert!(Stmt::DeleteClaim.is_lwt() && Stmt::DeleteClaim.text(&ks()).ends_with("IF EXISTS"));
+    }
+
+    /// The registry is one row, changed only by compare-and-set on its revision.
+    #[test]
+    fn the_registry_is_changed_by_compare_and_set() {
+        let update = Stmt::UpdateRegistry.text(&ks());
+        assert!(update.ends_with("WHERE key = ? IF revision = ?"), "{update}");
+        assert_eq!(update.matches('?').count(), 9);
+        assert!(Stmt::InsertRegistry.text(&ks()).ends_with("IF NOT EXISTS"));
+        assert!(Stmt::UpdateRegistry.is_lwt() && !Stmt::UpdateRegistry.is_timestamped_write());
+    }
+
+    /// The store finds a statement's prepared form at `stmt as usize` in
+    /// the order of `Stmt::ALL`: the two must agree.
+    #[test]
+    fn every_statement_is_at_its_own_index() {
+        for (i, stmt) in Stmt::ALL.iter().enumerate() {
+            assert_eq!(*stmt as usize, i, "{stmt:?}");
+        }
     }
 }

@@ -17,9 +17,16 @@
 //!   (`claim`) that plain writes never touch; a commit reads it first and is
 //!   refused when fenced, before writing anything.
 //!
+//! Everything is kept per view version: each table but `meta` and `registry`
+//! has the version's id in its partition key. The registry (versions, the
+//! live one, the previous one) is one row changed only by compare-and-set
+//! LWTs on its revision, so a promotion is one Paxos round: atomic. A drop
+//! deletes the version's Scylla partitions at a timestamp above every
+//! offset's, so nothing a stale writer sends to that id later shows again.
+//!
 //! Parts:
 //! - [`cql`]: every statement as data (text, bound values, timestamps) and
-//!   the schema from `schemas/scylla-views-v1.cql`; pure, tested here.
+//!   the schema from `schemas/scylla-views-v2.cql`; pure, tested here.
 //! - `bridge`: the synchronous API over the async driver, on a small runtime
 //!   the store owns.
 //! - `error`: the driver's errors as transient (retry) or not (operator).
@@ -29,7 +36,7 @@ pub mod cql;
 mod bridge;
 mod error;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -47,7 +54,10 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlDate, CqlValue, Row};
 use swabstream_events::Day;
 use swabstream_store::chunks::{self, Manifest};
-use swabstream_store::{Checkpoint, Claim, PartitionStatus, Snapshot, StoreError, ViewStore};
+use swabstream_store::versions::{Registry, VersionMeta};
+use swabstream_store::{
+    Checkpoint, Claim, Life, PartitionStatus, Promotion, Snapshot, StoreError, Version, ViewStore,
+};
 use swabstream_views::{
     CityDaily, CodesIssuedDaily, DistrictDaily, MethodDaily, RejectionsDaily, SiteHourly, ViewRow,
     ViewSet,
@@ -63,7 +73,8 @@ const IN_FLIGHT: usize = 64;
 /// Attempts of one statement on a transient error before the error goes to
 /// the caller (the worker then waits and retries the whole commit).
 const ATTEMPTS: u32 = 3;
-/// Claims lost to a concurrent claimant before giving up (transiently).
+/// Claims lost to a concurrent claimant before giving up (transiently); the
+/// same for compare-and-set rounds of the registry.
 const CLAIM_ROUNDS: u32 = 16;
 
 /// Where the cluster is and how to use it (`[store.scylla]`).
@@ -173,7 +184,17 @@ impl ScyllaStore {
                 builder = builder.user(user, settings.password.clone().unwrap_or_default());
             }
             let session = builder.build().await.map_err(ToStore::to_store)?;
-            for ddl in &schema {
+            // The keyspace and `meta` first; then the version a keyspace
+            // holds is read, and another version's is refused before any
+            // table of this one is made beside its tables.
+            for ddl in &schema[..cql::SCHEMA_PREAMBLE] {
+                retry(|| session.query_unpaged(ddl.as_str(), ())).await?;
+            }
+            let found = schema_version(&session, &keyspace).await?;
+            if let Some(found) = found.filter(|f| f != cql::SCHEMA_VERSION) {
+                return Err(StoreError::SchemaVersion { found, supported: cql::SCHEMA_VERSION });
+            }
+            for ddl in &schema[cql::SCHEMA_PREAMBLE..] {
                 retry(|| session.query_unpaged(ddl.as_str(), ())).await?;
             }
             let mut prepared = Vec::with_capacity(Stmt::ALL.len());
@@ -198,6 +219,7 @@ impl ScyllaStore {
                     found,
                 })
                 .await?;
+            inner.ensure_registry().await?;
             Ok::<_, StoreError>(inner)
         })??;
         Ok(ScyllaStore { inner: Some(inner), bridge, describe })
@@ -210,13 +232,15 @@ impl ScyllaStore {
     #[doc(hidden)]
     pub fn commit_as_if_checked_before_a_claim(
         &mut self,
+        version: &Version,
         partition: i32,
         epoch: i64,
         rows: &[ViewRow],
         next_offset: i64,
         snapshot: Option<&[u8]>,
     ) -> Result<(), StoreError> {
-        let plan = cql::commit_plan(partition, epoch, rows, next_offset, snapshot, now_ms())?;
+        let plan =
+            cql::commit_plan(version.id, partition, epoch, rows, next_offset, snapshot, now_ms())?;
         self.run(|inner| async move { inner.send(plan).await })
     }
 
@@ -249,11 +273,76 @@ impl ViewStore for ScyllaStore {
         })
     }
 
-    fn claim(&mut self, partition: i32) -> Result<Claim, StoreError> {
+    fn registry(&self) -> Result<Registry, StoreError> {
+        self.run(|inner| async move { Ok(inner.registry().await?.1) })
+    }
+
+    fn create_version(&mut self, name: &str) -> Result<Version, StoreError> {
+        let name = name.to_owned();
         self.run(|inner| async move {
+            let now = now_ms();
+            inner.change_registry(|r| r.create(&name, now)).await
+        })
+    }
+
+    fn promote(&mut self, name: &str) -> Result<Promotion, StoreError> {
+        let name = name.to_owned();
+        self.run(|inner| async move {
+            let now = now_ms();
+            inner.change_registry(|r| r.promote(&name, now)).await
+        })
+    }
+
+    fn promote_back(&mut self) -> Result<Promotion, StoreError> {
+        self.run(|inner| async move {
+            let now = now_ms();
+            inner
+                .change_registry(|r| {
+                    let back = r.back()?;
+                    r.promote(&back.name, now)
+                })
+                .await
+        })
+    }
+
+    fn drop_version(&mut self, name: &str) -> Result<Version, StoreError> {
+        let name = name.to_owned();
+        self.run(|inner| async move {
+            // 1. The name goes (no reader, claim or promotion finds it any
+            //    more); its id waits in `dropping` until its data is gone.
+            let v = inner.change_registry(|r| r.drop_version(&name)).await?;
+            // 2. Its data, and that of any drop interrupted before.
+            let (_, r) = inner.registry().await?;
+            for id in &r.dropping {
+                inner.delete_version_data(*id).await?;
+            }
+            // 3. Done: the ids leave `dropping`.
+            let done = r.dropping.clone();
+            inner
+                .change_registry(|r| {
+                    r.dropping.retain(|id| !done.contains(id));
+                    Ok(())
+                })
+                .await?;
+            Ok(v)
+        })
+    }
+
+    fn claim(&mut self, version: &Version, partition: i32) -> Result<Claim, StoreError> {
+        let version = version.clone();
+        self.run(|inner| async move {
+            // A dropped version is not claimed back into being.
+            let (_, registry) = inner.registry().await?;
+            if registry.by_id(version.id).is_none() {
+                return Err(StoreError::UnknownVersion {
+                    name: version.name.clone(),
+                    known: registry.names(),
+                });
+            }
+            let key = vec![Value::BigInt(version.id), Value::Int(partition)];
             for _ in 0..CLAIM_ROUNDS {
                 let current: Option<i64> = inner
-                    .select::<(Option<i64>,)>(Stmt::ReadEpoch, vec![Value::Int(partition)])
+                    .select::<(Option<i64>,)>(Stmt::ReadEpoch, key.clone())
                     .await?
                     .into_iter()
                     .next()
@@ -262,7 +351,12 @@ impl ViewStore for ScyllaStore {
                 let (stmt, values, next) = match current {
                     None => (
                         Stmt::ClaimFirst,
-                        vec![Value::Int(partition), Value::BigInt(1), Value::BigInt(now)],
+                        vec![
+                            Value::BigInt(version.id),
+                            Value::Int(partition),
+                            Value::BigInt(1),
+                            Value::BigInt(now),
+                        ],
                         1,
                     ),
                     Some(e) => (
@@ -270,6 +364,7 @@ impl ViewStore for ScyllaStore {
                         vec![
                             Value::BigInt(e + 1),
                             Value::BigInt(now),
+                            Value::BigInt(version.id),
                             Value::Int(partition),
                             Value::BigInt(e),
                         ],
@@ -279,7 +374,7 @@ impl ViewStore for ScyllaStore {
                 if inner.lwt(stmt, values).await?.applied {
                     return Ok(Claim {
                         epoch: next,
-                        checkpoint: inner.checkpoint(partition).await?,
+                        checkpoint: inner.checkpoint(version.id, partition).await?,
                     });
                 }
                 // Another worker claimed it between the read and the LWT: go
@@ -296,6 +391,7 @@ impl ViewStore for ScyllaStore {
 
     fn commit(
         &mut self,
+        version: &Version,
         partition: i32,
         epoch: i64,
         rows: &[ViewRow],
@@ -303,15 +399,16 @@ impl ViewStore for ScyllaStore {
         snapshot: Option<&[u8]>,
     ) -> Result<(), StoreError> {
         // Built (and an impossible offset refused) before anything is sent.
-        let plan = cql::commit_plan(partition, epoch, rows, next_offset, snapshot, now_ms())?;
+        let plan =
+            cql::commit_plan(version.id, partition, epoch, rows, next_offset, snapshot, now_ms())?;
+        let key = vec![Value::BigInt(version.id), Value::Int(partition)];
         self.run(|inner| async move {
             let (claimed, committed) = futures::try_join!(
-                inner.select::<(Option<i64>,)>(Stmt::ReadEpoch, vec![Value::Int(partition)]),
-                inner.select::<(Option<i64>, Option<i64>)>(
-                    Stmt::ReadCommitted,
-                    vec![Value::Int(partition)]
-                ),
+                inner.select::<(Option<i64>,)>(Stmt::ReadEpoch, key.clone()),
+                inner.select::<(Option<i64>, Option<i64>)>(Stmt::ReadCommitted, key),
             )?;
+            // No claim: never claimed here, or the version was dropped (its
+            // claims are deleted): fenced either way.
             let current = claimed.first().and_then(|(e,)| *e).unwrap_or(0);
             if current != epoch {
                 return Err(StoreError::Fenced { partition, ours: epoch, current });
@@ -329,8 +426,9 @@ impl ViewStore for ScyllaStore {
         })
     }
 
-    fn touch(&mut self, owned: &[(i32, i64)]) -> Result<(), StoreError> {
+    fn touch(&mut self, version: &Version, owned: &[(i32, i64)]) -> Result<(), StoreError> {
         let owned = owned.to_vec();
+        let id = version.id;
         self.run(|inner| async move {
             let now = now_ms();
             stream::iter(owned)
@@ -341,7 +439,12 @@ impl ViewStore for ScyllaStore {
                         inner
                             .lwt(
                                 Stmt::Touch,
-                                vec![Value::BigInt(now), Value::Int(p), Value::BigInt(e)],
+                                vec![
+                                    Value::BigInt(now),
+                                    Value::BigInt(id),
+                                    Value::Int(p),
+                                    Value::BigInt(e),
+                                ],
                             )
                             .await
                             .map(|_| ())
@@ -353,24 +456,39 @@ impl ViewStore for ScyllaStore {
         })
     }
 
-    fn checkpoint(&self, partition: i32) -> Result<Option<Checkpoint>, StoreError> {
-        self.run(|inner| async move { inner.checkpoint(partition).await })
+    fn checkpoint(
+        &self,
+        version: &Version,
+        partition: i32,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        let id = version.id;
+        self.run(|inner| async move { inner.checkpoint(id, partition).await })
     }
 
-    fn partitions(&self) -> Result<Vec<PartitionStatus>, StoreError> {
+    fn partitions(&self, version: &Version) -> Result<Vec<PartitionStatus>, StoreError> {
+        let id = version.id;
         self.run(|inner| async move {
             let (claims, checkpoints) = futures::try_join!(
-                inner.select::<(i32, Option<i64>, Option<i64>)>(Stmt::ReadClaims, vec![]),
-                inner.select::<(i32, Option<i64>, Option<i64>, Option<SnapshotCell>, Option<i64>)>(
-                    Stmt::ReadCheckpoints,
-                    vec![]
-                ),
+                inner.select::<(i64, i32, Option<i64>, Option<i64>)>(Stmt::ReadClaims, vec![]),
+                inner.select::<(
+                    i64,
+                    i32,
+                    Option<i64>,
+                    Option<i64>,
+                    Option<SnapshotCell>,
+                    Option<i64>,
+                )>(Stmt::ReadCheckpoints, vec![]),
             )?;
-            let checkpoints: BTreeMap<i32, _> =
-                checkpoints.into_iter().map(|(p, n, c, s, sa)| (p, (n, c, s, sa))).collect();
+            // Both tables hold every version's rows: this version's are kept.
+            let checkpoints: BTreeMap<i32, _> = checkpoints
+                .into_iter()
+                .filter(|c| c.0 == id)
+                .map(|(_, p, n, c, s, sa)| (p, (n, c, s, sa)))
+                .collect();
             let mut out: Vec<PartitionStatus> = claims
                 .into_iter()
-                .map(|(partition, epoch, touched)| {
+                .filter(|c| c.0 == id)
+                .map(|(_, partition, epoch, touched)| {
                     let (next_offset, committed_at_ms, snapshot, snapshot_at_ms) =
                         checkpoints.get(&partition).copied().unwrap_or_default();
                     PartitionStatus {
@@ -379,8 +497,9 @@ impl ViewStore for ScyllaStore {
                         next_offset,
                         snapshot_offset: snapshot.map(|s| s.0),
                         snapshot_bytes: snapshot.map(|s| s.3.max(0) as u64),
-                        // A commit is a sign of life too.
-                        touched_at_ms: touched.unwrap_or(0).max(committed_at_ms.unwrap_or(0)),
+                        // Claims and touches only: a replay's commits are
+                        // no worker's life (as in the SQLite store).
+                        touched_at_ms: touched.unwrap_or(0),
                         committed_at_ms,
                         snapshot_at_ms,
                     }
@@ -391,13 +510,76 @@ impl ViewStore for ScyllaStore {
         })
     }
 
-    fn views(&self) -> Result<ViewSet, StoreError> {
-        self.run(|inner| async move { inner.views(None).await })
+    fn signs_of_life(&self) -> Result<Vec<Life>, StoreError> {
+        self.run(|inner| async move {
+            let claims = inner
+                .select::<(i64, i32, Option<i64>, Option<i64>)>(Stmt::ReadClaims, vec![])
+                .await?;
+            Ok(claims
+                .into_iter()
+                .map(|(version_id, partition, epoch, touched)| Life {
+                    version_id,
+                    partition,
+                    epoch: epoch.unwrap_or(0),
+                    touched_at_ms: touched.unwrap_or(0),
+                })
+                .collect())
+        })
     }
 
-    fn partition_views(&self, partition: i32) -> Result<ViewSet, StoreError> {
-        self.run(|inner| async move { inner.views(Some(partition)).await })
+    fn version_views(&self, version: &Version) -> Result<ViewSet, StoreError> {
+        let id = version.id;
+        self.run(|inner| async move { inner.views(id, None).await })
     }
+
+    fn partition_views(&self, version: &Version, partition: i32) -> Result<ViewSet, StoreError> {
+        let id = version.id;
+        self.run(|inner| async move { inner.views(id, Some(partition)).await })
+    }
+}
+
+/// The schema version a keyspace's `meta` records, if any.
+async fn schema_version(
+    session: &Session,
+    keyspace: &Keyspace,
+) -> Result<Option<String>, StoreError> {
+    let text = format!("SELECT value FROM {}.meta WHERE key = 'schema_version'", keyspace.as_str());
+    let result = retry(|| session.query_unpaged(text.as_str(), ())).await?;
+    let rows = result.into_rows_result().map_err(ToStore::to_store)?;
+    let found = rows
+        .rows::<(Option<String>,)>()
+        .map_err(ToStore::to_store)?
+        .next()
+        .transpose()
+        .map_err(|e| answer(&text, e))?
+        .and_then(|(v,)| v);
+    Ok(found)
+}
+
+/// The registry's row as the driver reads it.
+type RegistryRow = (
+    Option<i64>,
+    Option<BTreeMap<String, (i64, i64)>>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<BTreeSet<i64>>,
+);
+
+/// The registry's values, in the order `UpdateRegistry` binds them after the
+/// revision (and `InsertRegistry` after key and revision).
+fn registry_values(r: &Registry) -> Vec<Value> {
+    vec![
+        Value::Versions(
+            r.versions.iter().map(|(n, m)| (n.clone(), (m.id, m.created_at_ms))).collect(),
+        ),
+        Value::Text(r.live.clone()),
+        r.previous.clone().map_or(Value::Null, Value::Text),
+        Value::BigInt(r.next_id),
+        r.promoted_at_ms.map_or(Value::Null, Value::BigInt),
+        Value::Ids(r.dropping.clone()),
+    ]
 }
 
 /// The checkpoint's `snapshot` cell: (offset, epoch, chunks, bytes, crc32).
@@ -528,14 +710,18 @@ impl Inner {
         }
     }
 
-    async fn checkpoint(&self, partition: i32) -> Result<Option<Checkpoint>, StoreError> {
+    async fn checkpoint(
+        &self,
+        version: i64,
+        partition: i32,
+    ) -> Result<Option<Checkpoint>, StoreError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let head = self
                 .select::<(Option<i64>, Option<SnapshotCell>)>(
                     Stmt::ReadCheckpoint,
-                    vec![Value::Int(partition)],
+                    vec![Value::BigInt(version), Value::Int(partition)],
                 )
                 .await?;
             let Some((Some(next_offset), cell)) = head.into_iter().next() else {
@@ -549,6 +735,7 @@ impl Inner {
                 .select::<(i32, Vec<u8>)>(
                     Stmt::ReadChunks,
                     vec![
+                        Value::BigInt(version),
                         Value::Int(partition),
                         Value::BigInt(manifest.next_offset),
                         Value::BigInt(epoch),
@@ -574,7 +761,123 @@ impl Inner {
         }
     }
 
-    async fn views(&self, partition: Option<i32>) -> Result<ViewSet, StoreError> {
+    /// The registry row: its revision, and the registry. A keyspace without
+    /// one (never opened by this build) is made one at open.
+    async fn registry(&self) -> Result<(i64, Registry), StoreError> {
+        let row = self
+            .select::<RegistryRow>(Stmt::ReadRegistry, vec![Value::Text(cql::REGISTRY_KEY.into())])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Corrupt("the keyspace holds no version registry".into()))?;
+        let (revision, versions, live, previous, next_id, promoted_at_ms, dropping) = row;
+        let (Some(revision), Some(live), Some(next_id)) = (revision, live, next_id) else {
+            return Err(StoreError::Corrupt("the version registry lacks a value".into()));
+        };
+        let versions = versions
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(n, (id, created_at_ms))| (n, VersionMeta { id, created_at_ms }))
+            .collect();
+        Ok((
+            revision,
+            Registry {
+                versions,
+                live,
+                previous,
+                next_id,
+                promoted_at_ms,
+                dropping: dropping.unwrap_or_default(),
+            },
+        ))
+    }
+
+    /// Makes the registry row if the keyspace has none: `v1`, live.
+    async fn ensure_registry(&self) -> Result<(), StoreError> {
+        let found = self
+            .select::<RegistryRow>(Stmt::ReadRegistry, vec![Value::Text(cql::REGISTRY_KEY.into())])
+            .await?;
+        if !found.is_empty() {
+            return Ok(());
+        }
+        let mut values = vec![Value::Text(cql::REGISTRY_KEY.into()), Value::BigInt(1)];
+        values.extend(registry_values(&Registry::initial(now_ms())));
+        // Not applied: another process made it first, which is as good.
+        self.lwt(Stmt::InsertRegistry, values).await?;
+        Ok(())
+    }
+
+    /// Changes the registry by compare-and-set: read it with its revision,
+    /// apply `change`, write it back IF the revision is still the one read;
+    /// on losing to another change, start again from what that one wrote.
+    async fn change_registry<T>(
+        &self,
+        mut change: impl FnMut(&mut Registry) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        for _ in 0..CLAIM_ROUNDS {
+            let (revision, mut r) = self.registry().await?;
+            let out = change(&mut r)?;
+            let mut values = vec![Value::BigInt(revision + 1)];
+            values.extend(registry_values(&r));
+            values.push(Value::Text(cql::REGISTRY_KEY.into()));
+            values.push(Value::BigInt(revision));
+            if self.lwt(Stmt::UpdateRegistry, values).await?.applied {
+                return Ok(out);
+            }
+        }
+        Err(error::backend(
+            true,
+            ScyllaError::Driver(format!(
+                "the version registry: {CLAIM_ROUNDS} changes in a row lost to other changes"
+            )),
+        ))
+    }
+
+    /// Deletes everything of the dropped version `id`: its rows' Scylla
+    /// partitions, checkpoints and snapshots at the drop timestamp (above
+    /// every write's), and its claims by LWT. Idempotent: an interrupted
+    /// drop is finished by the next one.
+    async fn delete_version_data(&self, id: i64) -> Result<(), StoreError> {
+        let mut keys: Vec<(Stmt, Vec<Value>)> = Vec::new();
+        for stmt in [
+            Stmt::KeysCity,
+            Stmt::KeysDistrict,
+            Stmt::KeysSite,
+            Stmt::KeysMethod,
+            Stmt::KeysRejections,
+            Stmt::KeysCodes,
+        ] {
+            let drop = cql::drop_statement_of(stmt).expect("a keys statement");
+            if stmt == Stmt::KeysSite {
+                for (v, d, site) in self.select::<(i64, CqlDate, String)>(stmt, vec![]).await? {
+                    if v == id {
+                        keys.push((drop, vec![Value::Date(day(d)?), Value::Text(site)]));
+                    }
+                }
+            } else {
+                for (v, d) in self.select::<(i64, CqlDate)>(stmt, vec![]).await? {
+                    if v == id {
+                        keys.push((drop, vec![Value::Date(day(d)?)]));
+                    }
+                }
+            }
+        }
+        let claims =
+            self.select::<(i64, i32, Option<i64>, Option<i64>)>(Stmt::ReadClaims, vec![]).await?;
+        let partitions: Vec<i32> = claims.iter().filter(|c| c.0 == id).map(|c| c.1).collect();
+        let plan = cql::drop_plan(id, &keys, &partitions);
+        stream::iter(plan)
+            .map(|b| self.request(vec![b]))
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<()>()
+            .await?;
+        for p in partitions {
+            self.lwt(Stmt::DeleteClaim, vec![Value::BigInt(id), Value::Int(p)]).await?;
+        }
+        Ok(())
+    }
+
+    async fn views(&self, version: i64, partition: Option<i32>) -> Result<ViewSet, StoreError> {
         let (stmts, values) = match partition {
             None => (
                 [
@@ -601,16 +904,17 @@ impl Inner {
         };
         let [city, district, site, method, rejections, codes] = stmts;
         let v = || values.clone();
+        // Every version's rows come back (see `cql`'s sums): this one's are kept.
         let (city, district, site, method, rejections, codes) = futures::try_join!(
-            self.select::<(CqlDate, i64, i64, i64, i64, i64, i64)>(city, v()),
-            self.select::<(CqlDate, String, i64, i64, i64, i64)>(district, v()),
-            self.select::<(CqlDate, String, i32, i64, i64)>(site, v()),
-            self.select::<(CqlDate, String, i64)>(method, v()),
-            self.select::<(CqlDate, String, i64)>(rejections, v()),
-            self.select::<(CqlDate, String, String, i64)>(codes, v()),
+            self.select::<(i64, CqlDate, i64, i64, i64, i64, i64, i64)>(city, v()),
+            self.select::<(i64, CqlDate, String, i64, i64, i64, i64)>(district, v()),
+            self.select::<(i64, CqlDate, String, i32, i64, i64)>(site, v()),
+            self.select::<(i64, CqlDate, String, i64)>(method, v()),
+            self.select::<(i64, CqlDate, String, i64)>(rejections, v()),
+            self.select::<(i64, CqlDate, String, String, i64)>(codes, v()),
         )?;
         let mut rows = Vec::new();
-        for (d, p, u, v, r, j, du) in city {
+        for (_, d, p, u, v, r, j, du) in city.into_iter().filter(|r| r.0 == version) {
             rows.push(ViewRow::CityDaily(CityDaily {
                 day: day(d)?,
                 people_sampled: n(p)?,
@@ -622,7 +926,7 @@ impl Inner {
                 duplicates: n(du)?,
             }));
         }
-        for (d, district, p, u, v, r) in district {
+        for (_, d, district, p, u, v, r) in district.into_iter().filter(|r| r.0 == version) {
             rows.push(ViewRow::DistrictDaily(DistrictDaily {
                 day: day(d)?,
                 district,
@@ -632,7 +936,7 @@ impl Inner {
                 rejected: n(r)?,
             }));
         }
-        for (d, site_id, hour, p, v) in site {
+        for (_, d, site_id, hour, p, v) in site.into_iter().filter(|r| r.0 == version) {
             rows.push(ViewRow::SiteHourly(SiteHourly {
                 day: day(d)?,
                 site_id,
@@ -642,21 +946,21 @@ impl Inner {
                 valid_scans: n(v)?,
             }));
         }
-        for (d, method, p) in method {
+        for (_, d, method, p) in method.into_iter().filter(|r| r.0 == version) {
             rows.push(ViewRow::MethodDaily(MethodDaily {
                 day: day(d)?,
                 method,
                 people_sampled: n(p)?,
             }));
         }
-        for (d, reason, c) in rejections {
+        for (_, d, reason, c) in rejections.into_iter().filter(|r| r.0 == version) {
             rows.push(ViewRow::RejectionsDaily(RejectionsDaily {
                 day: day(d)?,
                 reason,
                 count: n(c)?,
             }));
         }
-        for (d, kind, channel, c) in codes {
+        for (_, d, kind, channel, c) in codes.into_iter().filter(|r| r.0 == version) {
             rows.push(ViewRow::CodesIssuedDaily(CodesIssuedDaily {
                 day: day(d)?,
                 kind,
@@ -695,13 +999,29 @@ async fn retry_prepare(session: &Session, text: &str) -> Result<PreparedStatemen
     retry(|| session.prepare(text)).await
 }
 
-/// The store's values as the driver's.
-fn cql_values(values: &[Value]) -> Vec<CqlValue> {
-    values.iter().map(cql_value).collect()
+/// The store's values as the driver's (None binds a null).
+fn cql_values(values: &[Value]) -> Vec<Option<CqlValue>> {
+    values.iter().map(|v| if *v == Value::Null { None } else { Some(cql_value(v)) }).collect()
 }
 
 fn cql_value(v: &Value) -> CqlValue {
     match v {
+        // Bound as null by `cql_values`; never reached as a value.
+        Value::Null => CqlValue::Empty,
+        Value::Versions(m) => CqlValue::Map(
+            m.iter()
+                .map(|(name, (id, created))| {
+                    (
+                        CqlValue::Text(name.clone()),
+                        CqlValue::Tuple(vec![
+                            Some(CqlValue::BigInt(*id)),
+                            Some(CqlValue::BigInt(*created)),
+                        ]),
+                    )
+                })
+                .collect(),
+        ),
+        Value::Ids(ids) => CqlValue::Set(ids.iter().map(|i| CqlValue::BigInt(*i)).collect()),
         Value::Int(i) => CqlValue::Int(*i),
         Value::BigInt(i) => CqlValue::BigInt(*i),
         // CQL dates count days from 2³¹ days before the Unix epoch.

@@ -18,14 +18,29 @@
 //! - rows are absolute: writing a row again replaces it, never adds to it;
 //! - a snapshot reads back byte for byte, whatever its size ([`chunks`]);
 //! - a reader sees the sum over partitions of each partition's latest rows.
+//!
+//! A store holds named *versions* of all of that ([`versions`]), one of them
+//! live: what [`ViewStore::views`] reads and workers write. Everything a
+//! partition has (rows, checkpoint, claim, snapshot) belongs to one version,
+//! so a rebuild into a new version (`replay --into`) never touches the live
+//! one, and each version keeps the promises above on its own:
+//! - versions are isolated: a version's rows, checkpoints and epochs are its
+//!   own, and dropping one leaves the others as they were;
+//! - promotion is atomic: every reader sees either the old live version or
+//!   the new one, never a mix; the live one is never dropped;
+//! - a name dropped and made again is a new version (a new id): nothing of
+//!   the old one shows in it.
 
 pub mod chunks;
 #[cfg(feature = "suite")]
 pub mod suite;
+pub mod versions;
 
 use std::fmt;
 
 use swabstream_views::{ViewRow, ViewSet};
+
+pub use crate::versions::{Promotion, Registry, Version};
 
 /// What can go wrong with a view store.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +86,28 @@ pub enum StoreError {
     /// A stored value cannot be read back (edited by hand? a torn write?).
     #[error("view store holds an unreadable value: {0}")]
     Corrupt(String),
+    /// A version's name that breaks [`versions::NAME_RULE`].
+    #[error("`{0}` is not a version name: use {rule}", rule = versions::NAME_RULE)]
+    VersionName(String),
+    /// No version of that name.
+    #[error("no version named `{name}`; the versions are {}", known.join(", "))]
+    UnknownVersion { name: String, known: Vec<String> },
+    /// A version of that name exists already.
+    #[error(
+        "version `{0}` exists already; rebuild into another name, or drop it first with `swabstream versions drop {0}`"
+    )]
+    VersionExists(String),
+    /// The live version cannot be dropped.
+    #[error(
+        "version `{0}` is live; promote another version first (`swabstream promote NAME`), then drop it"
+    )]
+    VersionIsLive(String),
+    /// `promote --back` with nothing to go back to.
+    #[error("{}", match dropped {
+        Some(d) => format!("the version live before `{live}` was `{d}`, which has been dropped: nothing to go back to; promote a version by name"),
+        None => format!("`{live}` has been live since the store was made: nothing to go back to"),
+    })]
+    NoPreviousVersion { live: String, dropped: Option<String> },
 }
 
 impl StoreError {
@@ -122,7 +159,7 @@ pub struct PartitionStatus {
     /// The offset of the latest snapshot and its size.
     pub snapshot_offset: Option<i64>,
     pub snapshot_bytes: Option<u64>,
-    /// Last sign of life of the owner: a claim, a commit or a touch (ms
+    /// Last sign of life of the owner: a claim or a touch (ms
     /// since the Unix epoch).
     pub touched_at_ms: i64,
     /// The last commit, and the last commit carrying a snapshot.
@@ -130,8 +167,25 @@ pub struct PartitionStatus {
     pub snapshot_at_ms: Option<i64>,
 }
 
+/// A partition's latest claim in one version: who writes what, for the
+/// orphan safety net and `status` (which version each partition's worker
+/// writes: the one it touched last).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Life {
+    pub version_id: i64,
+    pub partition: i32,
+    pub epoch: i64,
+    /// The latest claim or touch (ms since the Unix epoch); commits do not
+    /// move it, so a replay writing a version shows no life there after its claims.
+    pub touched_at_ms: i64,
+}
+
 /// A view store. Calls are synchronous (the worker runs on a thread of its
 /// own); an implementation over an async driver runs it on a runtime it owns.
+///
+/// Everything of a partition lives in a [`Version`]; the calls that read or
+/// write it name the version (by the id a [`Version`] carries, so a name
+/// dropped and made again is never mistaken for the old one).
 pub trait ViewStore: Send + fmt::Debug {
     /// Where the store is, for logs and errors ("SQLite file x.db", ...).
     fn describe(&self) -> String;
@@ -140,9 +194,40 @@ pub trait ViewStore: Send + fmt::Debug {
     /// ([`StoreError::PartitionCount`]) a topic whose count has changed since.
     fn check_partition_count(&mut self, partitions: i32) -> Result<(), StoreError>;
 
-    /// Claims `partition` for this worker: bumps its epoch, so commits of
-    /// any earlier claimant are refused from now on, and says where it stands.
-    fn claim(&mut self, partition: i32) -> Result<Claim, StoreError>;
+    /// The versions, which one is live, and the one live before it.
+    fn registry(&self) -> Result<Registry, StoreError>;
+
+    /// The live version: what [`Self::views`] reads and workers write.
+    fn live(&self) -> Result<Version, StoreError> {
+        self.registry()?.live()
+    }
+
+    /// The version named `name`, or [`StoreError::UnknownVersion`] listing the known ones.
+    fn version(&self, name: &str) -> Result<Version, StoreError> {
+        versions::check_name(name)?;
+        self.registry()?.get(name)
+    }
+
+    /// Makes a new, empty version (refused if the name exists).
+    fn create_version(&mut self, name: &str) -> Result<Version, StoreError>;
+
+    /// Makes `name` the live version, atomically: a reader sees the old live
+    /// version or this one, never a mix.
+    fn promote(&mut self, name: &str) -> Result<Promotion, StoreError>;
+
+    /// Makes the version live before the last promotion live again
+    /// (read and changed atomically).
+    fn promote_back(&mut self) -> Result<Promotion, StoreError>;
+
+    /// Deletes a version that is not live: its rows, checkpoints, claims and
+    /// snapshots. Its name may then be made again, as a new version.
+    fn drop_version(&mut self, name: &str) -> Result<Version, StoreError>;
+
+    /// Claims `partition` of `version` for this worker: bumps its epoch
+    /// there, so commits of any earlier claimant of it are refused from now
+    /// on, and says where it stands. A version that no longer exists is
+    /// refused ([`StoreError::UnknownVersion`]).
+    fn claim(&mut self, version: &Version, partition: i32) -> Result<Claim, StoreError>;
 
     /// Writes a partition's changed rows (absolute partial values) and the
     /// offset they reflect, with a snapshot taken at that offset when given.
@@ -151,6 +236,7 @@ pub trait ViewStore: Send + fmt::Debug {
     /// sees the rows and a later claim sees the checkpoint.
     fn commit(
         &mut self,
+        version: &Version,
         partition: i32,
         epoch: i64,
         rows: &[ViewRow],
@@ -158,30 +244,43 @@ pub trait ViewStore: Send + fmt::Debug {
         snapshot: Option<&[u8]>,
     ) -> Result<(), StoreError>;
 
-    /// Marks the partitions `owned` (partition, epoch) alive now; partitions
-    /// claimed by someone else since are left alone.
-    fn touch(&mut self, owned: &[(i32, i64)]) -> Result<(), StoreError>;
+    /// Marks the partitions `owned` (partition, epoch) of `version` alive
+    /// now; partitions claimed by someone else since are left alone.
+    fn touch(&mut self, version: &Version, owned: &[(i32, i64)]) -> Result<(), StoreError>;
 
-    /// A partition's checkpoint with its snapshot, if it was ever committed.
-    fn checkpoint(&self, partition: i32) -> Result<Option<Checkpoint>, StoreError>;
+    /// A partition's checkpoint in `version` with its snapshot, if it was ever committed.
+    fn checkpoint(
+        &self,
+        version: &Version,
+        partition: i32,
+    ) -> Result<Option<Checkpoint>, StoreError>;
 
-    /// Every claimed partition, in partition order.
-    fn partitions(&self) -> Result<Vec<PartitionStatus>, StoreError>;
+    /// Every claimed partition of `version`, in partition order.
+    fn partitions(&self, version: &Version) -> Result<Vec<PartitionStatus>, StoreError>;
 
-    /// Every committed partition's checkpoint offset, in partition order.
-    fn offsets(&self) -> Result<Vec<(i32, i64)>, StoreError> {
+    /// Every partition's latest claim in every version, in no set order.
+    fn signs_of_life(&self) -> Result<Vec<Life>, StoreError>;
+
+    /// Every committed partition's checkpoint offset in `version`, in partition order.
+    fn offsets(&self, version: &Version) -> Result<Vec<(i32, i64)>, StoreError> {
         Ok(self
-            .partitions()?
+            .partitions(version)?
             .into_iter()
             .filter_map(|p| p.next_offset.map(|o| (p.partition, o)))
             .collect())
     }
 
-    /// The city's views: every partition's partial rows summed.
-    fn views(&self) -> Result<ViewSet, StoreError>;
+    /// The city's views in the live version: every partition's partial rows summed.
+    fn views(&self) -> Result<ViewSet, StoreError> {
+        let live = self.live()?;
+        self.version_views(&live)
+    }
 
-    /// One partition's partial rows, as views.
-    fn partition_views(&self, partition: i32) -> Result<ViewSet, StoreError>;
+    /// The city's views in `version`.
+    fn version_views(&self, version: &Version) -> Result<ViewSet, StoreError>;
+
+    /// One partition's partial rows in `version`, as views.
+    fn partition_views(&self, version: &Version, partition: i32) -> Result<ViewSet, StoreError>;
 }
 
 impl<S: ViewStore + ?Sized> ViewStore for Box<S> {
@@ -191,35 +290,67 @@ impl<S: ViewStore + ?Sized> ViewStore for Box<S> {
     fn check_partition_count(&mut self, partitions: i32) -> Result<(), StoreError> {
         (**self).check_partition_count(partitions)
     }
-    fn claim(&mut self, partition: i32) -> Result<Claim, StoreError> {
-        (**self).claim(partition)
+    fn registry(&self) -> Result<Registry, StoreError> {
+        (**self).registry()
+    }
+    fn live(&self) -> Result<Version, StoreError> {
+        (**self).live()
+    }
+    fn version(&self, name: &str) -> Result<Version, StoreError> {
+        (**self).version(name)
+    }
+    fn create_version(&mut self, name: &str) -> Result<Version, StoreError> {
+        (**self).create_version(name)
+    }
+    fn promote(&mut self, name: &str) -> Result<Promotion, StoreError> {
+        (**self).promote(name)
+    }
+    fn promote_back(&mut self) -> Result<Promotion, StoreError> {
+        (**self).promote_back()
+    }
+    fn drop_version(&mut self, name: &str) -> Result<Version, StoreError> {
+        (**self).drop_version(name)
+    }
+    fn claim(&mut self, version: &Version, partition: i32) -> Result<Claim, StoreError> {
+        (**self).claim(version, partition)
     }
     fn commit(
         &mut self,
+        version: &Version,
         partition: i32,
         epoch: i64,
         rows: &[ViewRow],
         next_offset: i64,
         snapshot: Option<&[u8]>,
     ) -> Result<(), StoreError> {
-        (**self).commit(partition, epoch, rows, next_offset, snapshot)
+        (**self).commit(version, partition, epoch, rows, next_offset, snapshot)
     }
-    fn touch(&mut self, owned: &[(i32, i64)]) -> Result<(), StoreError> {
-        (**self).touch(owned)
+    fn touch(&mut self, version: &Version, owned: &[(i32, i64)]) -> Result<(), StoreError> {
+        (**self).touch(version, owned)
     }
-    fn checkpoint(&self, partition: i32) -> Result<Option<Checkpoint>, StoreError> {
-        (**self).checkpoint(partition)
+    fn checkpoint(
+        &self,
+        version: &Version,
+        partition: i32,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        (**self).checkpoint(version, partition)
     }
-    fn partitions(&self) -> Result<Vec<PartitionStatus>, StoreError> {
-        (**self).partitions()
+    fn partitions(&self, version: &Version) -> Result<Vec<PartitionStatus>, StoreError> {
+        (**self).partitions(version)
     }
-    fn offsets(&self) -> Result<Vec<(i32, i64)>, StoreError> {
-        (**self).offsets()
+    fn signs_of_life(&self) -> Result<Vec<Life>, StoreError> {
+        (**self).signs_of_life()
+    }
+    fn offsets(&self, version: &Version) -> Result<Vec<(i32, i64)>, StoreError> {
+        (**self).offsets(version)
     }
     fn views(&self) -> Result<ViewSet, StoreError> {
         (**self).views()
     }
-    fn partition_views(&self, partition: i32) -> Result<ViewSet, StoreError> {
-        (**self).partition_views(partition)
+    fn version_views(&self, version: &Version) -> Result<ViewSet, StoreError> {
+        (**self).version_views(version)
+    }
+    fn partition_views(&self, version: &Version, partition: i32) -> Result<ViewSet, StoreError> {
+        (**self).partition_views(version, partition)
     }
 }

@@ -19,6 +19,7 @@ mod simulate;
 mod status;
 mod store;
 mod topic;
+mod versions;
 mod views;
 
 use std::process::ExitCode;
@@ -53,7 +54,7 @@ enum Command {
     Publish(publish::Args),
     /// The pipeline worker: a consumer-group member keeping the views of its partitions.
     Run(run::Args),
-    /// Rebuild the views from the log into a fresh store and compare them with the live ones.
+    /// Rebuild the views from the log: into a new version beside the live one (`--into NAME`), or into a fresh store file compared with the live views.
     Replay(replay::Args),
     /// The HTTP ingest gateway for scanners and code systems (POST /v1/events).
     Gateway,
@@ -67,8 +68,12 @@ enum Command {
     Simulate(simulate::Args),
     /// Run the pipeline's rules over a JSON-lines file in memory (no Kafka, no store) and print the views.
     Process(process::Args),
-    /// Print the views held in the view store (`store.kind`; the embedded one is `store.path`, default `<data_dir>/views.db`).
+    /// Print the views held in the view store (`store.kind`; the embedded one is `store.path`, default `<data_dir>/views.db`): the live version, `--version NAME`, or `views diff A B`.
     Views(views::Args),
+    /// Make a view version live, atomically (`--back`: the one live before); running workers switch to it.
+    Promote(versions::PromoteArgs),
+    /// The view versions: `versions list`, `versions drop NAME`.
+    Versions(versions::Args),
     /// The view store itself: `store init` creates it (SQLite file, or Scylla keyspace and tables).
     Store(store::Args),
     /// Print the effective configuration (defaults, file and environment merged) as JSON.
@@ -113,6 +118,8 @@ pub fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(args),
         Command::Process(args) => process::run(args, &config),
         Command::Views(args) => views::run(args, &config),
+        Command::Promote(args) => versions::promote(args, &config),
+        Command::Versions(args) => versions::run(args, &config),
         Command::Store(args) => store::run(args, &config),
         Command::Status(args) => status::run(&rt, args, &config),
         Command::Dlq(args) => dlq::run(&rt, args, &config),

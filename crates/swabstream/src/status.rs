@@ -1,5 +1,5 @@
 //! `swabstream status`: the screen an operator reads first. Per partition:
-//! the view store it writes, its owner's epoch and last sign of life, the
+//! the view version its worker writes, its owner's epoch and last sign of life, the
 //! checkpoint, the log end, the lag, and the ages of the last commit and of
 //! the last snapshot; the consumer group's members; DLQ records per reason.
 //!
@@ -8,8 +8,11 @@
 //! errors (including a store or cluster that cannot be read).
 //!
 //! The rules, from one look (no second sample needed):
-//! - an owner is *live* when its last sign of life (a claim, a commit, or the
-//!   touch every worker makes each second) is younger than `--silent-after`;
+//! - an owner is *live* when its last sign of life (a claim, or the touch
+//!   every worker makes each second) is younger than `--silent-after`;
+//! - the version a partition's worker writes is the one it showed life in
+//!   last (the live one, except for the second a worker takes to switch
+//!   after a promotion); the line shows that version's checkpoint;
 //! - a partition is *stalled* when it has lag and its last commit is older
 //!   than `--stalled-after` (or it has lag and was never committed): a worker
 //!   that keeps up commits after every batch, so lag whose last commit is old
@@ -66,6 +69,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Serialize, PartialEq)]
 pub struct PartitionLine {
     pub partition: i32,
+    /// The view version the partition's worker writes (the one with its
+    /// latest sign of life); None when never claimed.
+    pub version: Option<String>,
     /// The latest claim's epoch; None when never claimed.
     pub epoch: Option<i64>,
     pub owner_live: bool,
@@ -114,6 +120,7 @@ pub fn assess(
     }
     PartitionLine {
         partition: w.partition,
+        version: None,
         epoch: s.map(|s| s.epoch),
         owner_live,
         last_sign_of_life_age_s: silent,
@@ -151,6 +158,8 @@ struct Status {
     ok: bool,
     store: String,
     topic: String,
+    /// The live view version: what `views` and `serve` read.
+    live_version: String,
     checked_at: String,
     partitions: Vec<PartitionLine>,
     group: Group,
@@ -181,13 +190,44 @@ fn gather(
     cluster: &swabstream_kafka::Cluster,
 ) -> anyhow::Result<Status> {
     let marks = dlq::watermarks(cluster, &config.kafka.topic)?;
-    let stored: BTreeMap<i32, PartitionStatus> =
-        store.partitions()?.into_iter().map(|s| (s.partition, s)).collect();
+    let registry = store.registry()?;
+    let live = registry.live()?;
+    // Each partition's writer: the version it touched last (the live one
+    // wins a tie, and stands for a partition never claimed).
+    let mut writes: BTreeMap<i32, (i64, bool, i64)> = BTreeMap::new();
+    for l in store.signs_of_life()? {
+        let key = (l.touched_at_ms, l.version_id == live.id, l.version_id);
+        let e = writes.entry(l.partition).or_insert(key);
+        if key > *e {
+            *e = key;
+        }
+    }
+    let mut by_version: BTreeMap<i64, BTreeMap<i32, PartitionStatus>> = BTreeMap::new();
+    let mut read = |v: &swabstream_store::Version| -> anyhow::Result<()> {
+        if let std::collections::btree_map::Entry::Vacant(e) = by_version.entry(v.id) {
+            e.insert(store.partitions(v)?.into_iter().map(|s| (s.partition, s)).collect());
+        }
+        Ok(())
+    };
+    read(&live)?;
+    let version_of = |p: i32| {
+        writes.get(&p).and_then(|(_, _, id)| registry.by_id(*id)).unwrap_or_else(|| live.clone())
+    };
+    for w in &marks {
+        read(&version_of(w.partition))?;
+    }
+    let stored = &by_version[&live.id];
     let now_ms =
         SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
     let partitions: Vec<PartitionLine> = marks
         .iter()
-        .map(|w| assess(w, stored.get(&w.partition), now_ms, args.stalled_after, args.silent_after))
+        .map(|w| {
+            let v = version_of(w.partition);
+            let s = by_version[&v.id].get(&w.partition);
+            let mut line = assess(w, s, now_ms, args.stalled_after, args.silent_after);
+            line.version = s.map(|_| v.name.clone());
+            line
+        })
         .collect();
     let mut problems: Vec<String> = partitions
         .iter()
@@ -217,6 +257,7 @@ fn gather(
         ok: problems.is_empty(),
         store: store.describe(),
         topic: config.kafka.topic.clone(),
+        live_version: live.name.clone(),
         checked_at: swabstream_events::Timestamp::from_millis(now_ms).to_rfc3339(),
         partitions,
         group,
@@ -288,15 +329,25 @@ fn secs(a: Option<f64>) -> String {
 
 fn print(s: &Status) {
     println!("view store: {}", s.store);
-    println!("topic: {}   checked at {}", s.topic, s.checked_at);
+    println!("topic: {}   live version: {}   checked at {}", s.topic, s.live_version, s.checked_at);
     println!(
-        "{:>4} {:>6} {:>6} {:>8} {:>11} {:>11} {:>9} {:>9} {:>9}  ",
-        "part", "epoch", "owner", "silent", "checkpoint", "log end", "lag", "commit", "snapshot"
+        "{:>4} {:>10} {:>6} {:>6} {:>8} {:>11} {:>11} {:>9} {:>9} {:>9}  ",
+        "part",
+        "version",
+        "epoch",
+        "owner",
+        "silent",
+        "checkpoint",
+        "log end",
+        "lag",
+        "commit",
+        "snapshot"
     );
     for p in &s.partitions {
         println!(
-            "{:>4} {:>6} {:>6} {:>8} {:>11} {:>11} {:>9} {:>9} {:>9}  {}",
+            "{:>4} {:>10} {:>6} {:>6} {:>8} {:>11} {:>11} {:>9} {:>9} {:>9}  {}",
             p.partition,
+            p.version.as_deref().unwrap_or("-"),
             p.epoch.map_or("-".to_owned(), |e| e.to_string()),
             if p.owner_live { "live" } else { "NONE" },
             secs(p.last_sign_of_life_age_s),

@@ -81,7 +81,10 @@ fn offsets(
     let (events, dead) = (events?, dead?);
     // The store may not exist yet (no worker ran): offsets are still worth printing.
     let checkpoints: std::collections::BTreeMap<i32, i64> = crate::store::open_existing(config)
-        .and_then(|s| Ok(s.offsets()?))
+        .and_then(|s| {
+            let live = s.live()?;
+            Ok(s.offsets(&live)?)
+        })
         .map(|o| o.into_iter().collect())
         .unwrap_or_default();
     if as_json {
