@@ -91,6 +91,18 @@ impl LogEngine {
     }
 }
 
+impl LogEngine {
+    /// The engine an environment variable names (benchmarks' `ENGINE`):
+    /// the default when it is unset, an error naming the value when it is
+    /// neither engine.
+    pub fn from_env(var: &str) -> Result<LogEngine, String> {
+        match std::env::var(var) {
+            Ok(v) => v.parse().map_err(|e| format!("{var}: {e}")),
+            Err(_) => Ok(LogEngine::default()),
+        }
+    }
+}
+
 impl fmt::Display for LogEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

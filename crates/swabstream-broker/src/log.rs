@@ -210,15 +210,6 @@ impl Storage for Log {
         if !self.batched || batches.first().is_some_and(|b| b.base_offset == offset) {
             return Ok(batches);
         }
-        if let Some(first) = batches.first()
-            && first.base_offset < offset
-            && first.max_offset() >= offset
-        {
-            // The engine already returned the batch holding it: trim its head.
-            let mut batches = batches;
-            let first = batches.remove(0);
-            return Ok(vec![tail_from(first, offset)?]);
-        }
         // The answer starts after `offset`, or is empty although `offset`
         // may lie inside the last batch: look for the batch that holds it.
         let stage = self.inner.offset_stage(tp).await?;

@@ -41,7 +41,8 @@ fn main() -> anyhow::Result<()> {
         broker_rt.block_on(EmbeddedBroker::start_in_memory(0))?
     } else {
         // ENGINE=sqlite measures the embedded broker's other engine.
-        let engine = std::env::var("ENGINE").unwrap_or_default().parse().unwrap_or_default();
+        let engine =
+            swabstream_broker::LogEngine::from_env("ENGINE").map_err(anyhow::Error::msg)?;
         broker_rt.block_on(EmbeddedBroker::open(&dir, engine, 0))?
     };
     let mut cluster = Cluster::embedded(broker.bootstrap());

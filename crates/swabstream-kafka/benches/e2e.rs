@@ -40,10 +40,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let rt = tokio::runtime::Runtime::new()?;
     // ENGINE=sqlite measures the embedded broker's other engine.
-    let engine: LogEngine = match std::env::var("ENGINE") {
-        Ok(e) => e.parse().map_err(anyhow::Error::msg)?,
-        Err(_) => LogEngine::default(),
-    };
+    let engine = LogEngine::from_env("ENGINE").map_err(anyhow::Error::msg)?;
     let broker = rt.block_on(EmbeddedBroker::open(&dir, engine, 0))?;
     let mut cluster = Cluster::embedded(broker.bootstrap());
     // Both consumers read with the worker's fetch size unless told otherwise.
