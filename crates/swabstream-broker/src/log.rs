@@ -130,6 +130,16 @@ impl Log {
 /// the client. Conflicts clear in a few attempts; this bounds a livelock.
 const CONFLICT_RETRIES: u32 = 200;
 
+/// Calls run again after a conflict, since the process started: what the
+/// benches report beside their figures.
+static CONFLICTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many storage calls were run again after a SlateDB transaction
+/// conflict, in this process so far.
+pub fn conflict_retries() -> u64 {
+    CONFLICTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Whether `e` is SlateDB's "transaction conflict: run it again".
 fn is_conflict(e: &Error) -> bool {
     matches!(e, Error::Slate(s) if s.kind() == slatedb::ErrorKind::Transaction)
@@ -151,6 +161,7 @@ where
         match call().await {
             Err(e) if conflict(&e) && attempt < CONFLICT_RETRIES => {
                 attempt += 1;
+                CONFLICTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(what, attempt, "embedded broker: transaction conflict, again");
                 if attempt < 4 {
                     tokio::task::yield_now().await;

@@ -37,12 +37,11 @@ fn main() -> anyhow::Result<()> {
 
     let broker_rt = runtime("broker", 2)?;
     let memory = args.get(2).map(String::as_str) == Some("memory");
+    // ENGINE=sqlite measures the embedded broker's other engine.
+    let engine = swabstream_broker::LogEngine::from_env("ENGINE").map_err(anyhow::Error::msg)?;
     let broker = if memory {
         broker_rt.block_on(EmbeddedBroker::start_in_memory(0))?
     } else {
-        // ENGINE=sqlite measures the embedded broker's other engine.
-        let engine =
-            swabstream_broker::LogEngine::from_env("ENGINE").map_err(anyhow::Error::msg)?;
         broker_rt.block_on(EmbeddedBroker::open(&dir, engine, 0))?
     };
     let mut cluster = Cluster::embedded(broker.bootstrap());
@@ -83,10 +82,14 @@ fn main() -> anyhow::Result<()> {
 
     println!(
         "gateway on the embedded broker ({}), 4 partitions; {conns} connections, {seconds} s per size",
-        if memory { "memory, not durable" } else { "SQLite, durable" }
+        if memory {
+            "SlateDB in memory, not durable".to_owned()
+        } else {
+            format!("{engine}, durable")
+        }
     );
     println!(
-        "{:>10} {:>10} {:>8} {:>7} {:>7} {:>8} {:>7} {:>7}  CPU µs per accepted event: broker / librdkafka / gateway / load generator",
+        "{:>10} {:>10} {:>8} {:>7} {:>7} {:>8} {:>7} {:>7}  CPU µs per accepted event: broker / librdkafka / gateway / load generator; storage calls run again after a conflict",
         "events/req", "events/s", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "non-202",
     );
     let load_rt = runtime("load", 2)?;
@@ -96,6 +99,7 @@ fn main() -> anyhow::Result<()> {
         load_rt.block_on(run(addr, &token, conns, per_request, Duration::from_secs(1), serial))?;
         serial += 1;
         let cpu_before = cpu_by_component();
+        let conflicts_before = swabstream_broker::conflict_retries();
         let r = load_rt.block_on(run(
             addr,
             &token,
@@ -109,7 +113,7 @@ fn main() -> anyhow::Result<()> {
             |i: usize| (cpu_after[i] - cpu_before[i]) * 1e6 / (r.accepted_events.max(1) as f64);
         let secs = r.elapsed.as_secs_f64();
         println!(
-            "{:>10} {:>10.0} {:>8.0} {:>7.2} {:>7.2} {:>8.2} {:>7.2} {:>7}  {:.1} / {:.1} / {:.1} / {:.1}",
+            "{:>10} {:>10.0} {:>8.0} {:>7.2} {:>7.2} {:>8.2} {:>7.2} {:>7}  {:.1} / {:.1} / {:.1} / {:.1}; {}",
             per_request,
             r.accepted_events as f64 / secs,
             r.latencies_us.len() as f64 / secs,
@@ -122,6 +126,7 @@ fn main() -> anyhow::Result<()> {
             per_event(1),
             per_event(2),
             per_event(3),
+            swabstream_broker::conflict_retries() - conflicts_before,
         );
     }
     let _ = stop_tx.send(());

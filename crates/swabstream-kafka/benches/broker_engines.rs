@@ -73,6 +73,44 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    // What a worker's DLQ delivery waits for: a small batch sent and every
+    // record of it acknowledged, under one key (one partition) and without
+    // keys, as DLQ records go (librdkafka spreads them over the partitions).
+    println!(
+        "acknowledgement of a send of 100 records and of one (median of 30; idempotent, acks=all):"
+    );
+    for &engine in &engines {
+        let (dir, broker, cluster) = fresh(&rt, engine, 4)?;
+        let mut producer = Publisher::for_bursts(&cluster)?;
+        for (spread, key, size) in [
+            ("one key", Some(&b"k"[..]), 100),
+            ("no key", None, 100),
+            ("one key", Some(&b"k"[..]), 1),
+        ] {
+            let mut took = Vec::new();
+            for round in 0..31 {
+                let started = Instant::now();
+                for _ in 0..size {
+                    producer.send("bench", key, &[b'x'; VALUE], None)?;
+                }
+                producer.wait(Duration::from_secs(60), || false)?;
+                if round > 0 {
+                    took.push(started.elapsed());
+                }
+            }
+            took.sort();
+            println!(
+                "  {:<8} {spread:<8} {size:>3} records: {:.1} ms (max {:.1} ms)",
+                engine.name(),
+                took[took.len() / 2].as_secs_f64() * 1e3,
+                took[took.len() - 1].as_secs_f64() * 1e3
+            );
+        }
+        drop(producer);
+        rt.block_on(broker.stop());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     let (dir, broker, mut cluster) = fresh(&rt, LogEngine::Slatedb, 12)?;
     produce(&cluster, 0, 1000)?;
     for wait in [swabstream_kafka::EMBEDDED_FETCH_WAIT_MS, "500"] {

@@ -88,7 +88,11 @@ fn main() -> anyhow::Result<()> {
         dlq_topic: dlq.to_owned(),
         group_id: "bench-worker".to_owned(),
         core: CoreConfig::default(),
-        batch_max_records: 4096,
+        // BATCH=N tries another batch size (the worker's default is 16,384).
+        batch_max_records: std::env::var("BATCH")
+            .ok()
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(16384),
         batch_max_wait: Duration::from_millis(200),
         snapshot_interval: Duration::from_secs(30),
         orphan_after: Duration::from_secs(60),
@@ -109,6 +113,16 @@ fn main() -> anyhow::Result<()> {
         ms(r.snapshot_time) / r.snapshots.max(1) as f64,
         r.snapshots,
         r.snapshot_bytes as f64 / 1e6,
+    );
+    println!(
+        "worker's {:.2} s: poll {:.2} s, apply {:.2} s, DLQ wait {:.2} s ({} records), store {:.2} s, claims {:.2} s",
+        r.elapsed.as_secs_f64(),
+        r.poll_time.as_secs_f64(),
+        r.apply_time.as_secs_f64(),
+        r.dlq_time.as_secs_f64(),
+        r.dlq_records,
+        (r.commit_time + r.snapshot_time).as_secs_f64(),
+        r.claim_time.as_secs_f64(),
     );
 
     // Recovery: a new worker claims every partition (reads its checkpoint,

@@ -102,6 +102,7 @@ pub struct Publisher {
     sent: u64,
     cluster: Cluster,
     max_message_bytes: usize,
+    linger_ms: u32,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -111,8 +112,21 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
+    /// A producer for streams of records (`publish`): each batch waits up
+    /// to 5 ms for more records to go with it.
     pub fn new(cluster: &Cluster) -> anyhow::Result<Publisher> {
-        let producer = Self::create(cluster)?;
+        Self::with_linger(cluster, 5)
+    }
+
+    /// A producer for bursts that are waited for as soon as they are sent
+    /// (a worker's DLQ records): nothing lingers, as nothing more follows
+    /// until the acknowledgements came.
+    pub fn for_bursts(cluster: &Cluster) -> anyhow::Result<Publisher> {
+        Self::with_linger(cluster, 0)
+    }
+
+    fn with_linger(cluster: &Cluster, linger_ms: u32) -> anyhow::Result<Publisher> {
+        let producer = Self::create(cluster, linger_ms)?;
         let configured = cluster
             .producer
             .get("message.max.bytes")
@@ -123,13 +137,15 @@ impl Publisher {
             sent: 0,
             cluster: cluster.clone(),
             max_message_bytes: configured.unwrap_or(DEFAULT_MESSAGE_MAX_BYTES),
+            linger_ms,
         })
     }
 
-    fn create(cluster: &Cluster) -> anyhow::Result<BaseProducer<Delivery>> {
+    fn create(cluster: &Cluster, linger_ms: u32) -> anyhow::Result<BaseProducer<Delivery>> {
+        let linger = linger_ms.to_string();
         let producer = cluster
             .producer_config(&[
-                ("linger.ms", "5"),
+                ("linger.ms", &linger),
                 ("queue.buffering.max.messages", "200000"),
                 // Retried for up to 10 minutes: a broker restart must not
                 // fail a publish or a worker's DLQ.
@@ -154,7 +170,8 @@ impl Publisher {
     /// Replaces the producer with a new one (after a fatal error); what the
     /// old one had not delivered is dropped with it, for the caller to send again.
     pub fn renew(&mut self) -> anyhow::Result<()> {
-        let old = std::mem::replace(&mut self.producer, Self::create(&self.cluster)?);
+        let old =
+            std::mem::replace(&mut self.producer, Self::create(&self.cluster, self.linger_ms)?);
         crate::drop_in_background(old);
         Ok(())
     }
@@ -163,7 +180,7 @@ impl Publisher {
     pub fn settle(&self, limit: Duration) {
         let started = Instant::now();
         while self.producer.in_flight_count() > 0 && started.elapsed() < limit {
-            let _ = self.producer.flush(Duration::from_millis(200));
+            self.serve();
         }
     }
 
@@ -222,6 +239,19 @@ impl Publisher {
         self.producer.poll(Duration::ZERO);
     }
 
+    /// Sends what lingers now and serves the acknowledgements that arrive
+    /// within a millisecond. Not `flush(timeout)`: rdkafka 0.38's
+    /// `BaseProducer::flush` polls in slices of 100 ms that each run to
+    /// their end, however early the acknowledgements came, so every wait
+    /// for a small batch (a worker's DLQ records) took 100 ms.
+    fn serve(&self) {
+        // With a zero timeout this only asks librdkafka to send now rather
+        // than after `linger.ms`; it cannot wait, as delivery reports come
+        // as events that only `poll` serves.
+        let _ = self.producer.flush(Duration::ZERO);
+        self.producer.poll(Duration::from_millis(1));
+    }
+
     pub fn delivery(&self) -> &Delivery {
         self.producer.context()
     }
@@ -231,7 +261,7 @@ impl Publisher {
     pub fn wait(&self, limit: Duration, stop: impl Fn() -> bool) -> Result<(), WaitError> {
         let started = Instant::now();
         loop {
-            let _ = self.producer.flush(Duration::from_millis(200));
+            self.serve();
             let pending = self.producer.in_flight_count();
             let d = self.delivery();
             if d.failed() > 0 {

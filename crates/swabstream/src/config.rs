@@ -323,7 +323,7 @@ impl Default for CoreSettings {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            batch_max_records: 4096,
+            batch_max_records: 16384,
             batch_max_wait: Duration::from_millis(200),
             snapshot_interval: Duration::from_secs(30),
             orphan_after: Duration::from_secs(60),
