@@ -3,10 +3,10 @@
 //!
 //!     cargo bench -p swabstream-gateway --bench load -- [seconds] [connections] [storage]
 //!
-//! One process holds three runtimes: the embedded broker (tansu; `storage`
-//! is `sqlite`, durable, the default users get, or `memory`, which is not
-//! durable and shows what the gateway does when the broker is not the
-//! bottleneck; the figures say which), the
+//! One process holds three runtimes: the embedded broker (tansu; durable on
+//! the engine `ENGINE` names, SlateDB by default, `sqlite` the other; or,
+//! with `storage` = `memory`, SlateDB in memory, not durable, which shows
+//! what the gateway does when the broker's disk is not the limit), the
 //! gateway (axum, the idempotent acks=all producer, Prometheus recorder
 //! installed) and the load generator (`connections` keep-alive HTTP/1.1
 //! connections, each sending its next request when the last was answered).
