@@ -13,6 +13,12 @@
 //! 5. commit the offsets to Kafka, for lag tools only: on assignment the
 //!    worker seeks to the store's checkpoint, never to Kafka's.
 //!
+//! Steps 3 and 4 of a batch with DLQ records wait for the next turn's step
+//! 1: its DLQ records are sent, the next batch is polled while they travel,
+//! and only then is the wait made and the batch committed, before the next
+//! batch is applied (so a commit holds exactly the batches whose DLQ records
+//! were acknowledged). A batch without DLQ records is committed at once.
+//!
 //! Revocation applies and commits what is pending for the revoked partitions
 //! (with a snapshot) before they are given up; assignment claims the
 //! partitions in the store's live view version (fencing off their previous
