@@ -95,9 +95,7 @@ impl LogEngine {
             LogEngine::Sqlite => data_dir.join(SQLITE_FILE),
         }
     }
-}
 
-impl LogEngine {
     /// The engine an environment variable names (benchmarks' `ENGINE`):
     /// the default when it is unset, an error naming the value when it is
     /// neither engine.

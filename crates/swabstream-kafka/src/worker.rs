@@ -456,7 +456,7 @@ impl Engine {
             // rejected records. A broker outage or a DLQ that refuses them
             // waits here (retrying); a stop request leaves without
             // committing (the next owner redoes the batch).
-            deliver_dlq(producer, &self.dlq_topic, &batch, &self.stop, Some(unqueued))
+            deliver_dlq(producer, &self.dlq_topic, &batch, &self.stop, unqueued)
                 .context("waiting for the DLQ's acknowledgements")?;
             self.report.dlq_records += batch.len() as u64;
             self.report.dlq_time += t.elapsed();
@@ -697,8 +697,7 @@ fn dlq_record(partition: i32, d: &DlqRecord, limit: usize) -> (&[u8], OwnedHeade
 }
 
 /// How long the poll after a staged batch waits for records at most: about
-/// what the DLQ's acknowledgements take on the embedded broker (its WAL
-/// flush is every 10 ms).
+/// what the DLQ's acknowledgements take on the embedded broker, under load.
 const STAGED_POLL_WAIT: Duration = Duration::from_millis(20);
 
 /// Queues `batch`'s records to the DLQ producer, each cut to fit `limit`.
@@ -720,8 +719,9 @@ fn queue_dlq(
     None
 }
 
-/// Produces a batch's DLQ records and waits until Kafka acknowledged every
-/// one. A failure never ends the worker: a DLQ that refuses the records (the
+/// Waits until Kafka acknowledged every one of a batch's DLQ records, which
+/// [`queue_dlq`] queued already (`queued`: why that failed, if it did). A
+/// failure never ends the worker: a DLQ that refuses the records (the
 /// broker away, the topic missing, not authorised, a record too large) is
 /// said in the log every few seconds and the whole batch is sent again after
 /// a back-off (0.1 s doubling up to 5 s). Repeats in the DLQ are allowed:
@@ -734,16 +734,17 @@ fn deliver_dlq(
     topic: &str,
     batch: &[(i32, DlqRecord)],
     stop: &AtomicBool,
-    mut queued: Option<Option<(String, bool)>>,
+    queued: Option<(String, bool)>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut limit = producer.max_message_bytes();
     let mut pause = Duration::from_millis(100);
+    let mut first = Some(queued);
     loop {
-        // `queued`, the first time round: the batch was queued already (by
-        // `Engine::stage`), or that failed, and why.
-        let mut failure = match queued.take() {
-            Some(already) => already,
+        // The first time round the batch is queued already (by
+        // `Engine::stage`), and `queued` says why that failed, if it did.
+        let mut failure = match first.take() {
+            Some(queued) => queued,
             None => {
                 producer.delivery().reset();
                 queue_dlq(producer, topic, batch, limit)
@@ -1266,12 +1267,8 @@ pub fn run(
         // once, and so is every batch once a second and at the end: the
         // version and liveness checks below then see all applied committed.
         let due = touched.elapsed() >= Duration::from_secs(1);
-        let commit = |e: &mut Engine| match e.commit_staged() {
-            Ok(offsets) => {
-                commit_to_kafka(&consumer, &opts.topic, &offsets);
-                Ok(())
-            }
-            Err(err) => Err(err),
+        let commit = |e: &mut Engine| {
+            e.commit_staged().map(|offsets| commit_to_kafka(&consumer, &opts.topic, &offsets))
         };
         if let Err(err) = commit(&mut e) {
             break Err(err);
