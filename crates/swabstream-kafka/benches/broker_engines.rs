@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
     );
     for &engine in &engines {
         let (dir, broker, cluster) = fresh(&rt, engine, 4)?;
-        let mut producer = Publisher::for_bursts(&cluster)?;
+        let mut producer = Publisher::new(&cluster)?;
         for (spread, key, size) in [
             ("one key", Some(&b"k"[..]), 100),
             ("no key", None, 100),

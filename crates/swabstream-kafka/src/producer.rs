@@ -102,7 +102,6 @@ pub struct Publisher {
     sent: u64,
     cluster: Cluster,
     max_message_bytes: usize,
-    linger_ms: u32,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -112,21 +111,8 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// A producer for streams of records (`publish`): each batch waits up
-    /// to 5 ms for more records to go with it.
     pub fn new(cluster: &Cluster) -> anyhow::Result<Publisher> {
-        Self::with_linger(cluster, 5)
-    }
-
-    /// A producer for bursts that are waited for as soon as they are sent
-    /// (a worker's DLQ records): nothing lingers, as nothing more follows
-    /// until the acknowledgements came.
-    pub fn for_bursts(cluster: &Cluster) -> anyhow::Result<Publisher> {
-        Self::with_linger(cluster, 0)
-    }
-
-    fn with_linger(cluster: &Cluster, linger_ms: u32) -> anyhow::Result<Publisher> {
-        let producer = Self::create(cluster, linger_ms)?;
+        let producer = Self::create(cluster)?;
         let configured = cluster
             .producer
             .get("message.max.bytes")
@@ -137,15 +123,13 @@ impl Publisher {
             sent: 0,
             cluster: cluster.clone(),
             max_message_bytes: configured.unwrap_or(DEFAULT_MESSAGE_MAX_BYTES),
-            linger_ms,
         })
     }
 
-    fn create(cluster: &Cluster, linger_ms: u32) -> anyhow::Result<BaseProducer<Delivery>> {
-        let linger = linger_ms.to_string();
+    fn create(cluster: &Cluster) -> anyhow::Result<BaseProducer<Delivery>> {
         let producer = cluster
             .producer_config(&[
-                ("linger.ms", &linger),
+                ("linger.ms", "5"),
                 ("queue.buffering.max.messages", "200000"),
                 // Retried for up to 10 minutes: a broker restart must not
                 // fail a publish or a worker's DLQ.
@@ -170,8 +154,7 @@ impl Publisher {
     /// Replaces the producer with a new one (after a fatal error); what the
     /// old one had not delivered is dropped with it, for the caller to send again.
     pub fn renew(&mut self) -> anyhow::Result<()> {
-        let old =
-            std::mem::replace(&mut self.producer, Self::create(&self.cluster, self.linger_ms)?);
+        let old = std::mem::replace(&mut self.producer, Self::create(&self.cluster)?);
         crate::drop_in_background(old);
         Ok(())
     }

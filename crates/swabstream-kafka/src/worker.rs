@@ -1229,7 +1229,7 @@ pub fn run(
     let engine = Arc::new(Mutex::new(Engine::new(
         store,
         opts,
-        Some(Publisher::for_bursts(cluster)?),
+        Some(Publisher::new(cluster)?),
         stop.clone(),
     )));
     let ctx = Ctx { engine: engine.clone(), topic: opts.topic.clone() };
