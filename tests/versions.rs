@@ -66,6 +66,13 @@ fn rebuild_compare_promote_while_events_arrive_and_a_worker_dies_in_the_switch()
     wait_until(Duration::from_secs(120), "the workers applied the first half", || {
         env.stored_offsets() >= first_end
     });
+    // The promotion below is to find worker a owning partitions. One worker
+    // can apply the first half alone before the group hands any to the
+    // other; promoted before a's first claim, a claims in v2 directly and
+    // never switches.
+    wait_until(Duration::from_secs(60), "both workers own partitions", || {
+        ["a", "b"].iter().all(|w| env.log(w).contains("claimed partition"))
+    });
 
     // A rebuild that differs (a rule change's stand-in: the log from offset
     // 100 on), while the workers run: `diff` shows it, exit 1.
