@@ -24,6 +24,10 @@ pub static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_swabstream-e2e").to_owned())
 });
 
+/// The workers' consumer session timeout in every test's configuration:
+/// short, so that takeovers are quick.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+
 /// Runs the binary with `args` and extra environment variables, as a user would.
 pub fn swabstream(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(&*BIN);
@@ -76,7 +80,7 @@ dlq_topic = "{dlq}"
 partitions = {partitions}
 group_id = "workers-{topic}"
 [kafka.consumer]
-"session.timeout.ms" = "6000"
+"session.timeout.ms" = "{session_ms}"
 "heartbeat.interval.ms" = "500"
 # What a consumer of the embedded broker gets by default; `brokers` names
 # it as a cluster here, so the tests say it (README, "Scaling out").
@@ -91,6 +95,7 @@ orphan_after = "10s"
             topic = self.topic,
             dlq = self.dlq,
             partitions = self.partitions,
+            session_ms = SESSION_TIMEOUT.as_millis(),
         );
         std::fs::write(&self.config, text).unwrap();
     }
@@ -374,4 +379,64 @@ pub fn crash_rng() -> rand_chacha::ChaCha8Rng {
         });
     eprintln!("CRASH_SEED={seed}");
     rand_chacha::ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// Watches this machine for pauses while a test waits: a sampler thread
+/// notes, every 100 ms, how long it really slept (a stall: the process was
+/// not scheduled, or the VM was paused) and how far the wall clock moved
+/// against the monotonic one (a step of the system clock, as NTP makes after
+/// a VM pause). tansu's group coordinator times sessions by the wall clock,
+/// so either, longer than a session timeout, expires every member and forces
+/// a rebalance that is the group's correct response, not a bug under test.
+pub struct ClockWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    worst: std::sync::Arc<std::sync::Mutex<(Duration, Duration)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClockWatch {
+    pub fn start() -> ClockWatch {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let stop = Arc::new(AtomicBool::new(false));
+        let worst = Arc::new(Mutex::new((Duration::ZERO, Duration::ZERO)));
+        let (s, w) = (stop.clone(), worst.clone());
+        let thread = std::thread::spawn(move || {
+            let tick = Duration::from_millis(100);
+            let (mut mono, mut wall) = (Instant::now(), std::time::SystemTime::now());
+            while !s.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                let (m, t) = (Instant::now(), std::time::SystemTime::now());
+                let slept = m - mono;
+                let moved = match t.duration_since(wall) {
+                    Ok(d) => d,
+                    Err(back) => slept + back.duration(),
+                };
+                let drift = moved.abs_diff(slept);
+                let mut worst = w.lock().unwrap();
+                worst.0 = worst.0.max(slept.saturating_sub(tick));
+                worst.1 = worst.1.max(drift);
+                (mono, wall) = (m, t);
+            }
+        });
+        ClockWatch { stop, worst, thread: Some(thread) }
+    }
+
+    /// What disturbed the machine since `start`, if anything came near
+    /// `limit` (a stall or a clock step of at least half of it).
+    pub fn disturbance(&self, limit: Duration) -> Option<String> {
+        let (stall, step) = *self.worst.lock().unwrap();
+        (stall >= limit / 2 || step >= limit / 2).then(|| {
+            format!("longest stall {stall:?}, largest wall-clock step {step:?}, session timeout {limit:?}")
+        })
+    }
+}
+
+impl Drop for ClockWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
