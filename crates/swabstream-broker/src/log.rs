@@ -35,6 +35,18 @@
 //! group of one and were handed every partition, in a rebalance storm.
 //! `Log::update_group` asks for create-if-absent, as SQLite reads it.
 //!
+//! The SlateDB engine answers "the earliest offset" and "the first offset
+//! at or after a time" from a map of batch base timestamps to offsets, in
+//! which batches of one millisecond overwrite each other and in which
+//! timestamps need not rise with offsets (several producers at once). Four
+//! producers on one partition had "earliest" answered as offset 30 of a log
+//! starting at 0: readers from the beginning (a fresh worker, a replay, the
+//! DLQ commands) skipped the first records. [`Log`] answers "earliest" with
+//! the log start the engine keeps beside it, and a time by reading the
+//! batches' timestamps. Both engines answered "nothing at or after that
+//! time" as offset 0 (a replay from a later time replayed everything);
+//! Kafka answers -1, the log's end.
+//!
 //! Every other call passes straight through to the engine.
 
 use std::collections::BTreeMap;
@@ -113,6 +125,57 @@ impl Log {
         }
     }
 
+    /// The first offset whose record's timestamp is at or after `time`, as
+    /// Kafka answers it (-1 when there is none), found by reading the
+    /// partition's batch headers from its start (a record batch is opened
+    /// only when its largest timestamp reaches `time`). The engine's own
+    /// answer comes from a map of batch base timestamps to base offsets in
+    /// which batches of one millisecond overwrite each other and timestamps
+    /// need not rise with offsets (several producers): it answered later
+    /// offsets than the first match, which skipped records.
+    async fn offset_for_time(
+        &self,
+        tp: &Topition,
+        time: SystemTime,
+        isolation: IsolationLevel,
+    ) -> Result<ListOffsetResponse> {
+        let target = time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let stage = self.inner.offset_stage(tp).await?;
+        let end = if isolation == IsolationLevel::ReadCommitted {
+            stage.last_stable()
+        } else {
+            stage.high_watermark()
+        };
+        let mut from = stage.log_start();
+        while from < end {
+            let batches = self.fetch(tp, from, 0, TIME_SCAN_BYTES, isolation).await?;
+            if batches.is_empty() {
+                break;
+            }
+            for batch in batches {
+                let next = batch.max_offset() + 1;
+                if batch.max_timestamp >= target {
+                    let base_offset = batch.base_offset;
+                    let inflated = inflated::Batch::try_from(batch)?;
+                    let found = inflated.records.iter().find_map(|r| {
+                        let ts = inflated.base_timestamp + r.timestamp_delta;
+                        (ts >= target).then_some((base_offset + i64::from(r.offset_delta), ts))
+                    });
+                    if let Some((offset, ts)) = found {
+                        let at = u64::try_from(ts)
+                            .ok()
+                            .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+                        return Ok(list_offset(Some(offset), at));
+                    }
+                }
+                from = from.max(next);
+            }
+        }
+        Ok(list_offset(Some(-1), None))
+    }
+
     /// The first stored batch whose base offset is at or after `from`.
     async fn first_batch_from(
         &self,
@@ -124,6 +187,13 @@ impl Log {
         let mut batches = self.inner.fetch(tp, from, 0, 1, isolation).await?;
         Ok(if batches.is_empty() { None } else { Some(batches.swap_remove(0)) })
     }
+}
+
+/// How much of a partition one step of [`Log::offset_for_time`] reads.
+const TIME_SCAN_BYTES: u32 = 4 << 20;
+
+fn list_offset(offset: Option<i64>, timestamp: Option<SystemTime>) -> ListOffsetResponse {
+    ListOffsetResponse { error_code: ErrorCode::None, timestamp, offset }
 }
 
 /// How many times a conflicted call is run again before its error goes to
@@ -298,7 +368,32 @@ impl Storage for Log {
         isolation_level: IsolationLevel,
         offsets: &[(Topition, ListOffset)],
     ) -> Result<Vec<(Topition, ListOffsetResponse)>> {
-        self.inner.list_offsets(isolation_level, offsets).await
+        let mut answers = self.inner.list_offsets(isolation_level, offsets).await?;
+        for ((tp, asked), (answered_for, answer)) in offsets.iter().zip(answers.iter_mut()) {
+            if answered_for != tp || answer.error_code != ErrorCode::None {
+                continue;
+            }
+            match asked {
+                ListOffset::Latest => {}
+                ListOffset::Earliest if self.batched => {
+                    let start = self.inner.offset_stage(tp).await?.log_start();
+                    *answer = list_offset(Some(start), None);
+                }
+                ListOffset::Earliest => {}
+                ListOffset::Timestamp(t) if self.batched => {
+                    *answer = self.offset_for_time(tp, *t, isolation_level).await?;
+                }
+                // SQLite answers "no record at or after that time" as offset
+                // 0 without a timestamp (a real match carries one): Kafka
+                // answers -1, which clients read as the log's end.
+                ListOffset::Timestamp(_) => {
+                    if answer.offset == Some(0) && answer.timestamp.is_none() {
+                        *answer = list_offset(Some(-1), None);
+                    }
+                }
+            }
+        }
+        Ok(answers)
     }
 
     async fn offset_commit(
