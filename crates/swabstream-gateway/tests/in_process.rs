@@ -102,3 +102,90 @@ fn routes_of_the_openapi_document_are_served_and_a_batch_reaches_the_topic() {
     drop(consumer);
     rt.block_on(broker.stop());
 }
+
+/// With several producers, one person's events still reach their partition
+/// in the order the request held them, and every event arrives once.
+#[test]
+fn several_producers_keep_each_persons_events_in_order() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let broker = rt.block_on(EmbeddedBroker::start_in_memory(0)).unwrap();
+    let cluster = Cluster::embedded(broker.bootstrap());
+    let topic = "gw-producers";
+    rt.block_on(ensure_topics(
+        &cluster,
+        &[TopicSpec { name: topic.to_owned(), partitions: 4, replication_factor: 1 }],
+    ))
+    .unwrap();
+    let (token, hash) = swabstream_gateway::auth::new_token("dev-1", &[1; 32]);
+    let credentials =
+        Credentials::parse(&format!("[[device]]\nid = \"dev-1\"\nsecret_sha256 = \"{hash}\"\n"))
+            .unwrap();
+    let key = PseudonymKey::new(b"in-process test key".to_vec()).unwrap();
+    let opts = Options { topic: topic.to_owned(), producers: Some(4), ..Options::default() };
+    let gateway = Gateway::new(&cluster, opts, credentials, key, None).unwrap();
+    let listener = rt.block_on(Gateway::bind(SocketAddr::from(([127, 0, 0, 1], 0)))).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = rt.spawn(gateway.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    // 40 people, 10 events each, interleaved, in requests of 100.
+    let people = 40;
+    let per_person = 10;
+    let events: Vec<serde_json::Value> = (0..per_person)
+        .flat_map(|seq| {
+            (0..people).map(move |p| {
+                serde_json::json!({
+                    "type": "RelativeCodeAudited",
+                    "event_id": format!("p{p:02}-{seq:02}"),
+                    "id_number": format!("3101042010010{p:05}"),
+                    "occurred_at": "2022-04-09T10:00:00+08:00",
+                    "code_id": format!("RC-{p}-{seq}"),
+                    "approved": true
+                })
+            })
+        })
+        .collect();
+    rt.block_on(async {
+        let mut c = Connection::open(addr).await.unwrap();
+        for chunk in events.chunks(100) {
+            let r = c.post_events(&token, serde_json::to_vec(chunk).unwrap()).await.unwrap();
+            assert_eq!(r.status, 202, "{:?}", r.json());
+        }
+    });
+    let _ = stop.send(());
+    let drained = rt.block_on(serving).unwrap().unwrap();
+    assert_eq!(drained.unacknowledged, 0);
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "in-process-reader")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    // person -> (partition, sequence numbers in log order)
+    let mut seen: std::collections::BTreeMap<String, (i32, Vec<u32>)> = Default::default();
+    let mut n = 0;
+    let started = std::time::Instant::now();
+    while n < events.len() && started.elapsed() < Duration::from_secs(30) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let e = Codec::shared().decode(m.payload().unwrap()).unwrap();
+            let (person, seq) = e.event_id.split_once('-').unwrap();
+            let entry = seen.entry(person.to_owned()).or_insert((m.partition(), Vec::new()));
+            assert_eq!(entry.0, m.partition(), "{person}'s events are in one partition");
+            entry.1.push(seq.parse().unwrap());
+            n += 1;
+        }
+    }
+    assert_eq!(n, events.len(), "every accepted event is in the topic");
+    assert_eq!(seen.len(), people);
+    for (person, (_, seqs)) in &seen {
+        assert_eq!(*seqs, (0..per_person).collect::<Vec<u32>>(), "{person}'s events in order");
+    }
+    drop(consumer);
+    rt.block_on(broker.stop());
+}
