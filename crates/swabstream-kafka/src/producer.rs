@@ -235,6 +235,15 @@ impl Publisher {
         self.producer.poll(Duration::from_millis(1));
     }
 
+    /// Serves the acknowledgements that have arrived, without waiting, and
+    /// says whether [`Self::wait`] would now return at once: nothing queued
+    /// is unacknowledged, or a failure is known.
+    pub fn ready(&self) -> bool {
+        let _ = self.producer.flush(Duration::ZERO);
+        self.producer.poll(Duration::ZERO);
+        self.producer.in_flight_count() == 0 || self.delivery().failed() > 0
+    }
+
     pub fn delivery(&self) -> &Delivery {
         self.producer.context()
     }

@@ -14,8 +14,10 @@
 //!    worker seeks to the store's checkpoint, never to Kafka's.
 //!
 //! Steps 3 and 4 of a batch with DLQ records wait for the next turn's step
-//! 1: its DLQ records are sent, the next batch is polled while they travel,
-//! and only then is the wait made and the batch committed, before the next
+//! 1: its DLQ records are sent, the next batch is polled while they travel
+//! (and polling goes on, up to `batch_max_records`, until they are
+//! acknowledged or half a second passed), and only then is the wait made and
+//! the batch committed, before the next
 //! batch is applied (so a commit holds exactly the batches whose DLQ records
 //! were acknowledged). A batch without DLQ records is committed at once.
 //!
@@ -700,6 +702,16 @@ fn dlq_record(partition: i32, d: &DlqRecord, limit: usize) -> (&[u8], OwnedHeade
 /// what the DLQ's acknowledgements take on the embedded broker, under load.
 const STAGED_POLL_WAIT: Duration = Duration::from_millis(20);
 
+/// While a staged batch's DLQ records travel, the worker reads more records
+/// in polls of at most this wait, checking for the acknowledgements between
+/// them.
+const STAGED_POLL_STEP: Duration = Duration::from_millis(2);
+
+/// How long the worker reads on while the staged batch's DLQ records are
+/// unacknowledged, at most: past it, the commit waits for them (and says
+/// in the log what it waits for, if it waits long).
+const STAGED_READ_LIMIT: Duration = Duration::from_millis(500);
+
 /// Queues `batch`'s records to the DLQ producer, each cut to fit `limit`.
 /// Returns why one could not be queued, if one could not, and whether it
 /// was too large.
@@ -1255,6 +1267,25 @@ pub fn run(
             opts.batch_max_wait.min(STAGED_POLL_WAIT)
         };
         poll_batch(&consumer, &engine, opts.batch_max_records, wait, &stop);
+        // The poll returns once librdkafka's prefetched records are taken,
+        // usually well before the staged batch's DLQ acknowledgements come
+        // (tens of ms: linger, then the broker's WAL flush). Reading on
+        // until they do, up to a full batch, turns that wait into records:
+        // waiting for them idle cost the worker half its time.
+        loop {
+            let e = lock(&engine);
+            let room = opts.batch_max_records.saturating_sub(e.pending());
+            let waiting = !e.staged.dlq.is_empty()
+                && e.fatal.is_none()
+                && room > 0
+                && polling.elapsed() < STAGED_READ_LIMIT
+                && !e.dlq.as_ref().is_none_or(Publisher::ready);
+            drop(e);
+            if !waiting || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            poll_batch(&consumer, &engine, room, STAGED_POLL_STEP, &stop);
+        }
         let mut e = lock(&engine);
         e.report.poll_time += polling.elapsed();
         if let Some(err) = e.fatal.take() {
