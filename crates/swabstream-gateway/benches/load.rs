@@ -70,9 +70,7 @@ fn main() -> anyhow::Result<()> {
             swabstream_gateway::LATENCY_BUCKETS,
         )?
         .install_recorder()?;
-    // PRODUCERS=N tries another number of producers (connections).
-    let producers = std::env::var("PRODUCERS").ok().and_then(|n| n.parse().ok());
-    let opts = Options { topic: topic.to_owned(), producers, ..Options::default() };
+    let opts = Options { topic: topic.to_owned(), ..Options::default() };
     let gateway_rt = runtime("gateway", 2)?;
     let gateway = Gateway::new(&cluster, opts, credentials, key, Some(metrics))?;
     let listener = gateway_rt.block_on(Gateway::bind(SocketAddr::from(([127, 0, 0, 1], 0))))?;
@@ -83,13 +81,12 @@ fn main() -> anyhow::Result<()> {
     }));
 
     println!(
-        "gateway on the embedded broker ({}), 4 partitions; {conns} connections, {} producers, {seconds} s per size",
+        "gateway on the embedded broker ({}), 4 partitions; {conns} connections, {seconds} s per size",
         if memory {
             "SlateDB in memory, not durable".to_owned()
         } else {
             format!("{engine}, durable")
-        },
-        producers.unwrap_or_else(|| swabstream_gateway::sink::default_producers(&cluster)),
+        }
     );
     println!(
         "{:>10} {:>10} {:>8} {:>7} {:>7} {:>8} {:>7} {:>7}  CPU µs per accepted event: broker / librdkafka / gateway / load generator; storage calls run again after a conflict",

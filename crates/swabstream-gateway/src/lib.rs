@@ -60,9 +60,6 @@ pub struct Options {
     pub retry_after_saturated: Duration,
     /// `Retry-After` when Kafka did not acknowledge in time or is unreachable.
     pub retry_after_unavailable: Duration,
-    /// Producers (connections to Kafka) sharing the records; None chooses
-    /// ([`sink::default_producers`]).
-    pub producers: Option<usize>,
 }
 
 impl Default for Options {
@@ -77,7 +74,6 @@ impl Default for Options {
             ack_timeout: Duration::from_secs(10),
             retry_after_saturated: Duration::from_secs(1),
             retry_after_unavailable: Duration::from_secs(5),
-            producers: None,
         }
     }
 }
@@ -85,10 +81,6 @@ impl Default for Options {
 impl Options {
     pub fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.max_request_bytes > 0, "max_request_bytes must be at least 1");
-        anyhow::ensure!(
-            self.producers.is_none_or(|n| (1..=64).contains(&n)),
-            "producers must be between 1 and 64"
-        );
         anyhow::ensure!(
             self.max_in_flight_bytes >= self.max_request_bytes,
             "max_in_flight_bytes ({}) must be at least max_request_bytes ({})",
@@ -157,7 +149,7 @@ impl Gateway {
         // librdkafka's own queue bound sits above the gateway's admission
         // bound (which concurrent requests may overshoot by one request each).
         let backstop = opts.max_queued_events * 2 + opts.max_events_per_request;
-        let sink = Arc::new(sink::Sink::new(cluster, &opts.topic, backstop, opts.producers)?);
+        let sink = Arc::new(sink::Sink::new(cluster, &opts.topic, backstop)?);
         let budget = Arc::new(Semaphore::new(opts.max_in_flight_bytes));
         describe_metrics();
         Ok(Gateway {

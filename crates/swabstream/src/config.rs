@@ -231,9 +231,6 @@ pub struct GatewayConfig {
     /// `Retry-After` when Kafka is unreachable or slow to acknowledge.
     #[serde(with = "humantime_serde")]
     pub retry_after_unavailable: Duration,
-    /// Producers (connections to Kafka) sharing the records; unset: 4 on
-    /// the embedded broker, 1 on Kafka.
-    pub producers: Option<usize>,
 }
 
 impl Default for GatewayConfig {
@@ -250,7 +247,6 @@ impl Default for GatewayConfig {
             ack_timeout: o.ack_timeout,
             retry_after_saturated: o.retry_after_saturated,
             retry_after_unavailable: o.retry_after_unavailable,
-            producers: o.producers,
         }
     }
 }
@@ -425,7 +421,6 @@ impl Config {
             ack_timeout: g.ack_timeout,
             retry_after_saturated: g.retry_after_saturated,
             retry_after_unavailable: g.retry_after_unavailable,
-            producers: g.producers,
         }
     }
 
