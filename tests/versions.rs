@@ -58,7 +58,10 @@ fn rebuild_compare_promote_while_events_arrive_and_a_worker_dies_in_the_switch()
     let broker = Broker::start("versions");
     let env = Env::new("versions", &broker.addr, 3);
     let (events, truth) = env.simulate(8000, 31);
-    let (first, second) = split(&events, line_count(&events) / 2);
+    let (first, rest) = split(&events, line_count(&events) / 2);
+    // The second part arrives during the switch, the third once every
+    // partition writes v2: only v2 can hold it.
+    let (second, third) = split(&rest, line_count(&rest) / 2);
     env.publish(&first);
     let mut a = env.spawn_worker("a", &[]);
     let mut b = env.spawn_worker("b", &[]);
@@ -124,15 +127,18 @@ fn rebuild_compare_promote_while_events_arrive_and_a_worker_dies_in_the_switch()
     kill(&mut a);
     let mut a2 = env.spawn_worker("a2", &[]);
     assert!(publish.wait().unwrap().success());
+    wait_until(Duration::from_secs(60), "status shows every partition writing v2", || {
+        writing(&env).iter().all(|v| v == "v2")
+    });
+    env.publish(&third);
     let end = end_offsets(&broker.addr, &env.topic, 3);
     wait_until(Duration::from_secs(180), "v2 reached the end of the log", || {
         env.stored_offsets_of("v2") >= end
     });
     assert_views_equal(&env.views(), &truth, "live v2 after the switch and the kill");
-    wait_until(Duration::from_secs(60), "status shows every partition writing v2", || {
-        writing(&env).iter().all(|v| v == "v2")
-    });
-    // The old version stayed where the switch left it, behind the log.
+    // The old version stayed where the switch left it, behind the log: the
+    // third part went to v2 alone. (Before the third part, a fast worker
+    // could apply all of the second into v1 before it saw the promotion.)
     assert!(env.stored_offsets_of("v1") < end);
 
     // Back to v1: the workers catch it up from its own checkpoints.

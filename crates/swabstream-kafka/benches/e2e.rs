@@ -80,8 +80,13 @@ fn main() -> anyhow::Result<()> {
     println!("publish (idempotent, acks=all): {:>10.0} events/s", n as f64 / publish.as_secs_f64());
 
     println!("consumers' fetch.max.bytes: {fetch_max_bytes}");
+    let cpu_before = process_cpu();
     let raw = raw_consume(&cluster, topic, n, &fetch_max_bytes)?;
-    println!("raw consumer (group member):    {:>10.0} events/s", n as f64 / raw.as_secs_f64());
+    println!(
+        "raw consumer (group member):    {:>10.0} events/s; the process used {:.2} cores meanwhile",
+        n as f64 / raw.as_secs_f64(),
+        (process_cpu() - cpu_before) / raw.as_secs_f64()
+    );
 
     let opts = WorkerOptions {
         topic: topic.to_owned(),
@@ -99,11 +104,17 @@ fn main() -> anyhow::Result<()> {
         until_caught_up: true,
     };
     let store = swabstream_store_sqlite::SqliteStore::open(&dir.join("views.db"), topic)?;
+    let cpu_before = process_cpu();
+    let conflicts_before = swabstream_broker::conflict_retries();
     let r = worker::run(&cluster, &opts, Box::new(store), Arc::new(AtomicBool::new(false)))?;
+    let worker_cores = (process_cpu() - cpu_before) / r.elapsed.as_secs_f64();
     let applied = r.counts.applied();
     assert_eq!(applied, n, "the worker applied every event once");
     let e2e = applied as f64 / r.elapsed.as_secs_f64();
-    println!("end to end (worker):            {e2e:>10.0} events/s");
+    println!(
+        "end to end (worker):            {e2e:>10.0} events/s; the process used {worker_cores:.2} cores meanwhile; {} broker storage calls run again after a conflict",
+        swabstream_broker::conflict_retries() - conflicts_before
+    );
     println!("ratio end-to-end / raw:         {:>10.2}", e2e / (n as f64 / raw.as_secs_f64()));
     println!(
         "worker: {} batches; store commit without snapshot {:.2} ms on average ({} commits); with snapshot {:.1} ms on average ({} snapshots, {:.1} MB in all)",
@@ -148,6 +159,17 @@ fn ms(d: Duration) -> f64 {
 
 /// A bare consumer-group member with the worker's fetch settings, reading
 /// `n` records and touching each payload.
+/// CPU seconds this process used so far (broker, clients and all), from
+/// /proc (0 where there is none).
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised name: utime and stime are the 12th and 13th.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn raw_consume(
     cluster: &Cluster,
     topic: &str,

@@ -139,6 +139,16 @@ impl Publisher {
         Ok(producer)
     }
 
+    /// Asks the cluster for `topic`'s metadata now, so that the producer's
+    /// connection is up and the topic known before its first record: the
+    /// worker's first DLQ acknowledgement took 0.87 s from a producer made
+    /// just before, the whole of a short run's DLQ wait. It still takes
+    /// ~0.4 s in some runs (the idempotent producer's ID, which librdkafka
+    /// requests on its own timer). Errors are left to the sends.
+    pub fn prepare(&self, topic: &str, timeout: Duration) {
+        let _ = self.producer.client().fetch_metadata(Some(topic), timeout);
+    }
+
     /// The largest record this producer sends (its `message.max.bytes`:
     /// the configured one, or librdkafka's default), key and headers included.
     pub fn max_message_bytes(&self) -> usize {

@@ -1238,12 +1238,9 @@ pub fn run(
     let started = Instant::now();
     let partitions = crate::partition_count(cluster, &opts.topic)?;
     check_partitions(&mut *store, partitions)?;
-    let engine = Arc::new(Mutex::new(Engine::new(
-        store,
-        opts,
-        Some(Publisher::new(cluster)?),
-        stop.clone(),
-    )));
+    let dlq = Publisher::new(cluster)?;
+    dlq.prepare(&opts.dlq_topic, Duration::from_secs(5));
+    let engine = Arc::new(Mutex::new(Engine::new(store, opts, Some(dlq), stop.clone())));
     let ctx = Ctx { engine: engine.clone(), topic: opts.topic.clone() };
     let consumer: BaseConsumer<Ctx> = cluster
         .config(Role::Consumer, &consumer_defaults(&opts.group_id))
