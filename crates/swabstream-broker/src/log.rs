@@ -151,7 +151,8 @@ impl Log {
         let mut from = stage.log_start();
         while from < end {
             let batches = self.fetch(tp, from, 0, TIME_SCAN_BYTES, isolation).await?;
-            if batches.is_empty() {
+            // Nothing more, or nothing past `from` (which would loop).
+            if batches.last().is_none_or(|b| b.max_offset() < from) {
                 break;
             }
             for batch in batches {
