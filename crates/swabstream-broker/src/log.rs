@@ -143,11 +143,7 @@ impl Log {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let stage = self.inner.offset_stage(tp).await?;
-        let end = if isolation == IsolationLevel::ReadCommitted {
-            stage.last_stable()
-        } else {
-            stage.high_watermark()
-        };
+        let end = readable_end(&stage, isolation);
         let mut from = stage.log_start();
         while from < end {
             let batches = self.fetch(tp, from, 0, TIME_SCAN_BYTES, isolation).await?;
@@ -187,6 +183,15 @@ impl Log {
         // A one-byte budget makes the engine stop after its first batch.
         let mut batches = self.inner.fetch(tp, from, 0, 1, isolation).await?;
         Ok(if batches.is_empty() { None } else { Some(batches.swap_remove(0)) })
+    }
+}
+
+/// The offset a reader at `isolation` may read up to (not included).
+fn readable_end(stage: &OffsetStage, isolation: IsolationLevel) -> i64 {
+    if isolation == IsolationLevel::ReadCommitted {
+        stage.last_stable()
+    } else {
+        stage.high_watermark()
     }
 }
 
@@ -295,11 +300,7 @@ impl Storage for Log {
         // The answer starts after `offset`, or is empty although `offset`
         // may lie inside the last batch: look for the batch that holds it.
         let stage = self.inner.offset_stage(tp).await?;
-        let end = if isolation == IsolationLevel::ReadCommitted {
-            stage.last_stable()
-        } else {
-            stage.high_watermark()
-        };
+        let end = readable_end(&stage, isolation);
         if offset >= end || offset < stage.log_start() {
             return Ok(batches);
         }

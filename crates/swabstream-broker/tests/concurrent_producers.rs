@@ -6,33 +6,22 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use swabstream_broker::{EmbeddedBroker, LogEngine};
+use swabstream_broker::LogEngine;
+
+mod common;
+use common::TestBroker;
 
 const PRODUCERS: usize = 4;
 const PER_PRODUCER: usize = 400;
 
 fn concurrent_producers(engine: Option<LogEngine>) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = std::env::temp_dir()
-        .join(format!("swabstream-broker-concurrent-{}-{engine:?}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let broker = rt.block_on(async {
-        match engine {
-            Some(e) => EmbeddedBroker::open(&dir, e, 0).await.unwrap(),
-            None => EmbeddedBroker::start_in_memory(0).await.unwrap(),
-        }
-    });
+    let broker = TestBroker::start("concurrent", engine);
     let bootstrap = broker.bootstrap();
     // value -> the offset it was acknowledged at
-    let acked: BTreeMap<String, i64> = rt.block_on(async {
-        let admin: AdminClient<_> =
-            ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
-        let topic = NewTopic::new("t", 1, TopicReplication::Fixed(1));
-        admin.create_topics([&topic], &AdminOptions::new()).await.unwrap();
+    let acked: BTreeMap<String, i64> = broker.block_on(async {
         let tasks: Vec<_> = (0..PRODUCERS)
             .map(|p| {
                 let bootstrap = bootstrap.clone();
@@ -144,8 +133,7 @@ fn concurrent_producers(engine: Option<LogEngine>) {
         );
     }
     drop(consumer);
-    rt.block_on(broker.stop());
-    let _ = std::fs::remove_dir_all(&dir);
+    broker.stop();
 }
 
 #[test]

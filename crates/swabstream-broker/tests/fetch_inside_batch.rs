@@ -6,11 +6,13 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use swabstream_broker::{EmbeddedBroker, LogEngine};
+use swabstream_broker::LogEngine;
+
+mod common;
+use common::TestBroker;
 
 /// Produces `n` records, values their offsets, lingering so that the client
 /// sends them as one batch, and waits for every acknowledgement.
@@ -59,22 +61,9 @@ fn read_from(bootstrap: &str, start: i64, end: i64) -> Vec<i64> {
 }
 
 fn read_inside_batches(engine: Option<LogEngine>) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = std::env::temp_dir()
-        .join(format!("swabstream-broker-mid-{}-{engine:?}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let broker = rt.block_on(async {
-        match engine {
-            Some(e) => EmbeddedBroker::open(&dir, e, 0).await.unwrap(),
-            None => EmbeddedBroker::start_in_memory(0).await.unwrap(),
-        }
-    });
+    let broker = TestBroker::start("mid", engine);
     let bootstrap = broker.bootstrap();
-    let end = rt.block_on(async {
-        let admin: AdminClient<_> =
-            ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
-        let topic = NewTopic::new("t", 1, TopicReplication::Fixed(1));
-        admin.create_topics([&topic], &AdminOptions::new()).await.unwrap();
+    let end = broker.block_on(async {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
             .set("enable.idempotence", "true")
@@ -99,8 +88,7 @@ fn read_inside_batches(engine: Option<LogEngine>) {
             "{engine:?}: reading from offset {start}"
         );
     }
-    rt.block_on(broker.stop());
-    let _ = std::fs::remove_dir_all(&dir);
+    broker.stop();
 }
 
 #[test]

@@ -157,8 +157,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// A bare consumer-group member with the worker's fetch settings, reading
-/// `n` records and touching each payload.
 /// CPU seconds this process used so far (broker, clients and all), from
 /// /proc (0 where there is none).
 fn process_cpu() -> f64 {
@@ -170,6 +168,8 @@ fn process_cpu() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// A bare consumer-group member with the worker's fetch settings, reading
+/// `n` records and touching each payload.
 fn raw_consume(
     cluster: &Cluster,
     topic: &str,
