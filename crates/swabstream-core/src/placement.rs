@@ -59,19 +59,37 @@ impl Placement {
     }
 }
 
-/// Whether `key` is exactly the lowercase hex of `bytes`, without allocating:
-/// the hex is written to the stack and compared in one go.
+/// Whether `key` is exactly the lowercase hex of `bytes`, without allocating
+/// or branching per character: eight characters at a time are made from four
+/// bytes in a `u64` and compared with the key's eight.
 pub fn is_hex_of(key: &[u8], bytes: &[u8; 32]) -> bool {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    if key.len() != 64 {
+    let Ok(key) = <&[u8; 64]>::try_from(key) else {
         return false;
+    };
+    let mut diff = 0u64;
+    for (chars, four) in key.chunks_exact(8).zip(bytes.chunks_exact(4)) {
+        let chars = u64::from_le_bytes(chars.try_into().expect("chunks of eight"));
+        let four = u32::from_le_bytes(four.try_into().expect("chunks of four"));
+        diff |= chars ^ hex4(four);
     }
-    let mut hex = [0u8; 64];
-    for (pair, b) in hex.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 15)];
-    }
-    key == hex
+    diff == 0
+}
+
+/// The lowercase hex of four bytes (first byte first, as in memory): eight
+/// ASCII characters, as the little-endian `u64` they make.
+fn hex4(four: u32) -> u64 {
+    const NIBBLE: u64 = 0x000f_000f_000f_000f;
+    const BYTES: u64 = 0x0101_0101_0101_0101;
+    // Byte i to the low byte of 16-bit lane i.
+    let mut z = u64::from(four);
+    z = (z | (z << 16)) & 0x0000_ffff_0000_ffff;
+    z = (z | (z << 8)) & 0x00ff_00ff_00ff_00ff;
+    // Byte 2i: the high nibble of byte i; byte 2i + 1: its low nibble.
+    let n = ((z >> 4) & NIBBLE) | ((z & NIBBLE) << 8);
+    // A nibble of 10 or more carries into bit 4 when 6 is added: a letter,
+    // 'a' - '0' - 10 = 39 further on. No byte ever carries into the next.
+    let letters = ((n + 6 * BYTES) >> 4) & BYTES;
+    n + u64::from(b'0') * BYTES + letters * 39
 }
 
 /// The partition of a key, as Kafka's default partitioner chooses it for the
@@ -142,6 +160,23 @@ mod tests {
         let mut other = hex.into_bytes();
         other[63] = if other[63] == b'0' { b'1' } else { b'0' };
         assert!(!is_hex_of(&other, &bytes));
+    }
+
+    #[test]
+    fn hex_of_agrees_with_formatting_for_every_byte_value() {
+        // Every value at every position of a four-byte group, in both nibbles.
+        for v in 0..=255u8 {
+            for shift in 0..4 {
+                let mut bytes = [0x5au8; 32];
+                bytes[shift] = v;
+                bytes[31 - shift] = v;
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                assert!(is_hex_of(hex.as_bytes(), &bytes), "{v:#04x} at {shift}");
+                let mut wrong = hex.clone().into_bytes();
+                wrong[2 * shift] = if wrong[2 * shift] == b'f' { b'e' } else { b'f' };
+                assert!(!is_hex_of(&wrong, &bytes), "{v:#04x} at {shift}");
+            }
+        }
     }
 
     #[test]

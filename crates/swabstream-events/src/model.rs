@@ -290,8 +290,26 @@ pub const DISTRICTS: [(&str, &str, u32); 16] = [
 
 /// The position of a district code in [`DISTRICTS`], or `None` for an unknown code.
 pub fn district_index(code: &str) -> Option<u8> {
-    // Sixteen six-byte comparisons beat hashing here, and the table stays the one truth.
-    DISTRICTS.iter().position(|(c, _, _)| *c == code).map(|i| i as u8)
+    // Compared as six-byte arrays, each of the sixteen comparisons is a couple
+    // of integer compares (a `str` comparison of unknown length is a call to
+    // memcmp), and DISTRICTS stays the one truth.
+    const CODES: [[u8; 6]; 16] = {
+        let mut out = [[0u8; 6]; 16];
+        let mut i = 0;
+        while i < DISTRICTS.len() {
+            let b = DISTRICTS[i].0.as_bytes();
+            assert!(b.len() == 6, "district codes are six bytes");
+            let mut j = 0;
+            while j < 6 {
+                out[i][j] = b[j];
+                j += 1;
+            }
+            i += 1;
+        }
+        out
+    };
+    let code: &[u8; 6] = code.as_bytes().try_into().ok()?;
+    CODES.iter().position(|c| c == code).map(|i| i as u8)
 }
 
 impl Event<'_> {
@@ -411,5 +429,20 @@ pub struct ShapeError {
 impl ShapeError {
     pub(crate) fn new(field: &'static str, problem: &'static str) -> Self {
         ShapeError { field, problem }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn district_index_finds_exactly_the_sixteen_codes() {
+        for (i, (code, _, _)) in DISTRICTS.iter().enumerate() {
+            assert_eq!(district_index(code), Some(i as u8), "{code}");
+        }
+        for code in ["", "31010", "3101011", "310102", "310101 ", " 31010", "３１０１"] {
+            assert_eq!(district_index(code), None, "{code:?}");
+        }
     }
 }

@@ -62,7 +62,7 @@ impl Timestamp {
     }
 
     /// Microseconds since the epoch.
-    pub fn micros(self) -> i64 {
+    pub const fn micros(self) -> i64 {
         self.0
     }
 
