@@ -6,8 +6,8 @@
 //! distributed, so the hash tables need no second hash. A code keeps all 96
 //! bits; an event id and a person keep 74 (see [`fp74`]) so that each packs
 //! with a day into 12 bytes — about three of those per person-day (its own,
-//! and two event ids) are most of the state. SipHash makes a colliding pair impractical
-//! to craft on purpose.
+//! and two event ids) are most of the state. SipHash makes a colliding pair
+//! impractical to craft on purpose.
 
 use std::hash::Hasher;
 
