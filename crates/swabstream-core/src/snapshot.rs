@@ -64,8 +64,10 @@ impl PartitionState {
         self.snapshot_as(VERSION)
     }
 
-    /// The snapshot in a format version; before version 2, the counts of
-    /// `WRONG_PARTITION` are left out.
+    /// The snapshot in a format version (older ones for the tests that read
+    /// them back): before version 3, ids and person-days take 16 bytes, the
+    /// fingerprint's dropped bits written as zeros; before version 2, the
+    /// counts of `WRONG_PARTITION` are left out.
     fn snapshot_as(&self, version: u16) -> Vec<u8> {
         let reasons = reasons_in(version);
         let k = key_bytes(version);
