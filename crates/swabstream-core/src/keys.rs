@@ -22,6 +22,21 @@ const K0: u64 = 0x7377_6162_7374_7265; // "swabstre"
 const K1: u64 = 0x616d_2d6b_6579_7331; // "am-keys1"
 
 fn sip96(parts: &[&[u8]]) -> [u32; 3] {
+    // The parts and their separators are laid out in a buffer and hashed in
+    // one go (siphasher's `hash`): the same value as absorbing them one by
+    // one, without the streaming `write`'s bookkeeping of a partial word
+    // across calls. Longer inputs take the streaming way.
+    const MAX: usize = 128;
+    if parts.iter().map(|p| p.len() + 1).sum::<usize>() <= MAX {
+        let mut buf = [0u8; MAX];
+        let mut n = 0;
+        for p in parts {
+            buf[n..n + p.len()].copy_from_slice(p);
+            buf[n + p.len()] = 0xff;
+            n += p.len() + 1;
+        }
+        return fold96(SipHasher13::new_with_keys(K0, K1).hash(&buf[..n]));
+    }
     let mut h = SipHasher13::new_with_keys(K0, K1);
     for p in parts {
         absorb(&mut h, p);
@@ -37,7 +52,10 @@ fn absorb(h: &mut SipHasher13, part: &[u8]) {
 }
 
 fn finish96(h: &SipHasher13) -> [u32; 3] {
-    let f = h.finish128();
+    fold96(h.finish128())
+}
+
+fn fold96(f: siphasher::sip128::Hash128) -> [u32; 3] {
     let k = [f.h1 as u32, (f.h1 >> 32) as u32, f.h2 as u32];
     // All zeros marks an empty table slot; the one fingerprint that would
     // collide with it joins its neighbour instead (a 2⁻⁹⁶ event).
@@ -336,6 +354,25 @@ mod tests {
         assert_eq!(size_of::<IdSlot>(), 12);
         assert_eq!(size_of::<PersonDayKey>(), 12);
         assert_eq!(size_of::<CodeSlot>(), 20);
+    }
+
+    #[test]
+    fn hashing_at_once_equals_hashing_part_by_part() {
+        let streamed = |parts: &[&[u8]]| {
+            let mut h = SipHasher13::new_with_keys(K0, K1);
+            for p in parts {
+                absorb(&mut h, p);
+            }
+            finish96(&h)
+        };
+        let bytes: Vec<u8> = (0..300u32).map(|i| (i * 37 % 251) as u8).collect();
+        for a in [0, 1, 7, 8, 9, 31, 32, 33, 63, 64, 126, 127, 128, 200] {
+            for b in [0, 1, 5, 8, 40, 95, 96, 97] {
+                let parts: [&[u8]; 2] = [&bytes[..a], &bytes[a..a + b]];
+                assert_eq!(sip96(&parts), streamed(&parts), "{a} + {b}");
+                assert_eq!(sip96(&parts[..1]), streamed(&parts[..1]), "{a}");
+            }
+        }
     }
 
     #[test]
