@@ -16,6 +16,14 @@
 //!
 //! Both consumers start from a group join, measured from subscribe to the
 //! last record. It prints figures; it asserts nothing about speed.
+//!
+//! `RAW_WITH_DLQ=1` reads the topic twice more with a bare consumer, the
+//! second time while a producer sends what the worker's DLQ producer sends
+//! beside it: bursts
+//! of 370 records (a batch's rejected records at the default batch size),
+//! each acknowledged before the next, 20 ms apart, up to the day's DLQ share
+//! (2.3 % of its events): the cost to the consumer of that produce on the
+//! same embedded broker.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -81,12 +89,26 @@ fn main() -> anyhow::Result<()> {
 
     println!("consumers' fetch.max.bytes: {fetch_max_bytes}");
     let cpu_before = process_cpu();
-    let raw = raw_consume(&cluster, topic, n, &fetch_max_bytes)?;
+    let raw = raw_consume(&cluster, topic, "bench-raw", n, &fetch_max_bytes, None)?;
     println!(
         "raw consumer (group member):    {:>10.0} events/s; the process used {:.2} cores meanwhile",
         n as f64 / raw.as_secs_f64(),
         (process_cpu() - cpu_before) / raw.as_secs_f64()
     );
+
+    if std::env::var_os("RAW_WITH_DLQ").is_some() {
+        // Read again bare first: a second read finds the log warmer than the
+        // first did, so the bursts are compared with a second read too.
+        let again = raw_consume(&cluster, topic, "bench-raw-2", n, &fetch_max_bytes, None)?;
+        let bursts = Some((dlq, n * 23 / 1000));
+        let took = raw_consume(&cluster, topic, "bench-raw-dlq", n, &fetch_max_bytes, bursts)?;
+        println!(
+            "raw consumer, read again: {:>6.0} events/s; beside DLQ-like produce bursts: {:>6.0} events/s ({:.2} of it)",
+            n as f64 / again.as_secs_f64(),
+            n as f64 / took.as_secs_f64(),
+            again.as_secs_f64() / took.as_secs_f64()
+        );
+    }
 
     let opts = WorkerOptions {
         topic: topic.to_owned(),
@@ -169,12 +191,15 @@ fn process_cpu() -> f64 {
 }
 
 /// A bare consumer-group member with the worker's fetch settings, reading
-/// `n` records and touching each payload.
+/// `n` records and touching each payload; with `bursts` (topic, records),
+/// while a producer sends DLQ-like bursts there (see the file's comment).
 fn raw_consume(
     cluster: &Cluster,
     topic: &str,
+    group: &str,
     n: u64,
     fetch_max_bytes: &str,
+    bursts: Option<(&str, u64)>,
 ) -> anyhow::Result<Duration> {
     // The worker's client settings for the embedded broker (its fetch wait
     // above all), so that the two rates compare like with like.
@@ -182,13 +207,31 @@ fn raw_consume(
         .config(
             Role::Consumer,
             &[
-                ("group.id", "bench-raw"),
+                ("group.id", group),
                 ("enable.auto.commit", "false"),
                 ("auto.offset.reset", "earliest"),
                 ("fetch.max.bytes", fetch_max_bytes),
             ],
         )
         .create()?;
+    let done = Arc::new(AtomicBool::new(false));
+    let producer = bursts.map(|(dlq, total)| {
+        let (cluster, dlq, done) = (cluster.clone(), dlq.to_owned(), done.clone());
+        std::thread::spawn(move || -> anyhow::Result<u64> {
+            let mut p = Publisher::new(&cluster)?;
+            let payload = [7u8; 300];
+            let mut sent = 0u64;
+            while sent < total && !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..370 {
+                    p.send(&dlq, None, &payload, None)?;
+                }
+                p.wait(Duration::from_secs(60), || false)?;
+                sent += 370;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(sent)
+        })
+    });
     let started = Instant::now();
     consumer.subscribe(&[topic])?;
     let mut seen = 0u64;
@@ -205,6 +248,11 @@ fn raw_consume(
         anyhow::ensure!(started.elapsed() < Duration::from_secs(900), "raw consume stalled");
     }
     let took = started.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(p) = producer {
+        let sent = p.join().map_err(|_| anyhow::anyhow!("the burst producer panicked"))??;
+        println!("  ({sent} records produced in bursts while it read)");
+    }
     std::hint::black_box(checksum);
     std::thread::spawn(move || drop(consumer));
     Ok(took)
