@@ -1037,7 +1037,7 @@ fn consumer_defaults(group: &str) -> Vec<(&str, &str)> {
         // records a partition); fetching then pauses for this long, 1 s by
         // default, and a worker that drains the queue sooner waits idle for
         // the rest: on a 1.92 M-event day 2.9 of its 4.3 s of polling, the
-        // end-to-end ratio 0.41–0.61. At 10 ms: polling 1.1 s, ratio 0.75–0.80.
+        // end-to-end ratio 0.41–0.61. At 10 ms: polling 1.0–1.2 s, ratio 0.66–0.80.
         ("fetch.queue.backoff.ms", "10"),
         ("statistics.interval.ms", "5000"),
     ]
