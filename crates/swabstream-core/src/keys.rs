@@ -133,15 +133,28 @@ pub(crate) fn fp74(k: [u32; 3]) -> [u32; 3] {
     if t == [0, 0, 0] { [1, 0, 0] } else { t }
 }
 
-/// `day` in the 22 bits above the fingerprint's kept bits, or `None` for a
-/// day no instant in range has (a damaged snapshot).
-fn pack_day(day: Day) -> Option<u32> {
+/// A 74-bit fingerprint with `day` in the 22 bits above its kept bits (the
+/// words of an [`IdSlot`] or a [`PersonDayKey`]), or `None` for a day no
+/// instant in range has.
+fn with_day(fp: [u32; 3], day: Day) -> Option<[u32; 3]> {
     let d = u32::try_from(day.0.checked_sub(DAY_BASE)?).ok()?;
-    (d < 1 << DAY_BITS).then_some(d << FP_LOW_BITS)
+    (d < 1 << DAY_BITS).then_some([fp[0], fp[1], fp[2] | d << FP_LOW_BITS])
 }
 
-fn unpack_day(word: u32) -> Day {
-    Day((word >> FP_LOW_BITS) as i32 + DAY_BASE)
+/// The day packed by [`with_day`].
+fn day_of(words: &[u32; 3]) -> Day {
+    Day((words[2] >> FP_LOW_BITS) as i32 + DAY_BASE)
+}
+
+/// The fingerprint packed by [`with_day`].
+fn fingerprint_of(words: &[u32; 3]) -> [u32; 3] {
+    [words[0], words[1], words[2] & FP_LOW_MASK]
+}
+
+/// Whether packed words hold a fingerprint (never zero: see [`fp74`]), as
+/// every entry's do; words read from a damaged snapshot may not.
+fn holds_fingerprint(words: &[u32; 3]) -> bool {
+    fingerprint_of(words) != [0, 0, 0]
 }
 
 /// A seen event id: its fingerprint's 74 bits and the local day of its
@@ -154,8 +167,7 @@ pub struct IdSlot {
 impl IdSlot {
     /// `None` for a day outside what an instant in range can have.
     pub fn new(id: EventKey, day: Day) -> Option<Self> {
-        let k = id.0;
-        Some(IdSlot { key: [k[0], k[1], k[2] | pack_day(day)?] })
+        Some(IdSlot { key: with_day(id.0, day)? })
     }
 
     pub fn probe(id: EventKey) -> Self {
@@ -164,11 +176,11 @@ impl IdSlot {
 
     /// The fingerprint (74 bits in three words).
     pub fn id(&self) -> EventKey {
-        EventKey([self.key[0], self.key[1], self.key[2] & FP_LOW_MASK])
+        EventKey(fingerprint_of(&self.key))
     }
 
     pub fn day(&self) -> Day {
-        unpack_day(self.key[2])
+        day_of(&self.key)
     }
 
     /// The packed words, as snapshots keep them.
@@ -178,7 +190,7 @@ impl IdSlot {
 
     /// From [`Self::words`]; `None` for words no slot holds (a damaged snapshot).
     pub fn from_words(key: [u32; 3]) -> Option<Self> {
-        (key[..2] != [0, 0] || key[2] & FP_LOW_MASK != 0).then_some(IdSlot { key })
+        holds_fingerprint(&key).then_some(IdSlot { key })
     }
 }
 
@@ -187,9 +199,7 @@ impl Slot for IdSlot {
         low64(&self.key)
     }
     fn same_key(&self, other: &Self) -> bool {
-        self.key[0] == other.key[0]
-            && self.key[1] == other.key[1]
-            && (self.key[2] ^ other.key[2]) & FP_LOW_MASK == 0
+        fingerprint_of(&self.key) == fingerprint_of(&other.key)
     }
     fn is_empty(&self) -> bool {
         self.key == [0, 0, 0]
@@ -206,17 +216,16 @@ pub struct PersonDayKey([u32; 3]);
 impl PersonDayKey {
     /// `None` for a day outside what an instant in range can have.
     pub fn new(person: PersonKey, day: Day) -> Option<Self> {
-        let p = person.0;
-        Some(PersonDayKey([p[0], p[1], p[2] | pack_day(day)?]))
+        with_day(person.0, day).map(PersonDayKey)
     }
 
     pub fn day(&self) -> Day {
-        unpack_day(self.0[2])
+        day_of(&self.0)
     }
 
     /// The person's fingerprint (74 bits in three words).
     pub fn person(&self) -> PersonKey {
-        PersonKey([self.0[0], self.0[1], self.0[2] & FP_LOW_MASK])
+        PersonKey(fingerprint_of(&self.0))
     }
 
     /// The packed words, as snapshots keep them.
@@ -226,7 +235,7 @@ impl PersonDayKey {
 
     /// From [`Self::words`]; `None` for words no key holds (a damaged snapshot).
     pub fn from_words(key: [u32; 3]) -> Option<Self> {
-        (key[..2] != [0, 0] || key[2] & FP_LOW_MASK != 0).then_some(PersonDayKey(key))
+        holds_fingerprint(&key).then_some(PersonDayKey(key))
     }
 }
 
@@ -253,6 +262,9 @@ const EXPIRY_BASE: i64 = Timestamp::MIN.micros();
 const EXPIRY_BITS: u32 = 59;
 /// The stored expiry of a code that never expires.
 const NEVER: u64 = (1 << EXPIRY_BITS) - 1;
+/// Bits 59–60 of a code's word hold its kind; bit 61 whether it is verified.
+const KIND_SHIFT: u32 = EXPIRY_BITS;
+const VERIFIED_BIT: u64 = 1 << 61;
 const _: () = assert!(((Timestamp::MAX.micros() - EXPIRY_BASE) as u64) < NEVER);
 
 /// A code a person holds, under the full 96-bit fingerprint of (person,
@@ -279,8 +291,10 @@ impl CodeSlot {
         } else {
             return None;
         };
-        let meta = expiry | ((kind.index() as u64) << EXPIRY_BITS) | (u64::from(verified) << 61);
-        Some(CodeSlot { key: key.0, meta: [meta as u32, (meta >> 32) as u32] })
+        let mut code = CodeSlot { key: key.0, meta: [0; 2] };
+        code.set_meta(expiry | ((kind.index() as u64) << KIND_SHIFT));
+        code.set_verified(verified);
+        Some(code)
     }
 
     pub fn probe(key: CodeKey) -> Self {
@@ -291,19 +305,23 @@ impl CodeSlot {
         u64::from(self.meta[0]) | (u64::from(self.meta[1]) << 32)
     }
 
+    fn set_meta(&mut self, meta: u64) {
+        self.meta = [meta as u32, (meta >> 32) as u32];
+    }
+
     pub fn kind(&self) -> CodeKind {
-        let i = (self.meta() >> EXPIRY_BITS) & 3;
+        let i = (self.meta() >> KIND_SHIFT) & 3;
         CodeKind::from_index(i as usize).unwrap_or(CodeKind::Personal)
     }
 
     /// For `RELATIVE` codes: whether the relationship is verified now.
     pub fn verified(&self) -> bool {
-        self.meta() >> 61 & 1 == 1
+        self.meta() & VERIFIED_BIT != 0
     }
 
     pub fn set_verified(&mut self, verified: bool) {
-        let meta = self.meta() & !(1 << 61) | (u64::from(verified) << 61);
-        self.meta = [meta as u32, (meta >> 32) as u32];
+        let meta = self.meta() & !VERIFIED_BIT;
+        self.set_meta(if verified { meta | VERIFIED_BIT } else { meta });
     }
 
     /// When it expires, in microseconds; `i64::MAX` when it does not.
