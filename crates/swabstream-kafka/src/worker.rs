@@ -21,6 +21,13 @@
 //! batch is applied (so a commit holds exactly the batches whose DLQ records
 //! were acknowledged). A batch without DLQ records is committed at once.
 //!
+//! Step 4 runs on a committer thread of its own: the batch's commits are
+//! taken from the runners and handed over, and the loop goes on polling and
+//! applying the next batch while they are written. One batch is written at a
+//! time, in order; the next batch's commits, and every other use of the
+//! store (claims, touches, version switches, revocation), wait until the one
+//! before is written, and step 5 follows the store, never leads it.
+//!
 //! Revocation applies and commits what is pending for the revoked partitions
 //! (with a snapshot) before they are given up; assignment claims the
 //! partitions in the store's live view version (fencing off their previous
@@ -37,7 +44,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -49,7 +56,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use swabstream_core::{CoreConfig, DlqRecord, OutcomeCounts, Record};
 use swabstream_events::{Reason, Timestamp};
-use swabstream_pipeline::{Committed, PartitionRunner, PipelineError, Resume};
+use swabstream_pipeline::{CommitJob, Committed, PartitionRunner, PipelineError, Resume};
 use swabstream_store::{StoreError, Version, ViewStore};
 
 use crate::{Cluster, Publisher, Quiet, Role, WaitError, drop_in_background};
@@ -63,6 +70,10 @@ pub struct WorkerOptions {
     pub core: CoreConfig,
     pub batch_max_records: usize,
     pub batch_max_wait: Duration,
+    /// Applied batches are committed to the store together, at most this
+    /// often (zero: every batch). Their DLQ records are acknowledged first,
+    /// as always; a row that several batches changed is written once.
+    pub commit_interval: Duration,
     pub snapshot_interval: Duration,
     /// Stop once every assigned partition reached the end of the log.
     pub until_caught_up: bool,
@@ -87,6 +98,8 @@ pub struct Report {
     pub snapshot_bytes: u64,
     /// Snapshots the store did not take (rows and offset went without them).
     pub snapshot_failures: u64,
+    /// View rows written, over all commits.
+    pub rows: u64,
     /// Claims (store read + snapshot restore): how many and their total time.
     pub claims: u64,
     pub claim_time: Duration,
@@ -96,6 +109,10 @@ pub struct Report {
     pub poll_time: Duration,
     pub apply_time: Duration,
     pub dlq_time: Duration,
+    /// How long the loop waited for the committer thread to finish writing
+    /// the batch before (the store's own time is `commit_time` and
+    /// `snapshot_time`, spent beside the loop's).
+    pub store_wait: Duration,
     pub elapsed: Duration,
 }
 
@@ -183,7 +200,16 @@ struct Refused {
 /// The state the poll loop and the rebalance callbacks share.
 #[derive(Debug)]
 struct Engine {
-    store: Box<dyn ViewStore>,
+    /// The view store; None while the committer thread has it, writing a
+    /// batch (see [`Engine::store`]).
+    store: Option<Box<dyn ViewStore>>,
+    /// Where the store is, for logs (read once: the store may be away).
+    store_name: String,
+    committer: Option<Committer>,
+    /// A batch the committer is writing: when its batch began.
+    in_flight: Option<Instant>,
+    /// Offsets the store took and Kafka was not yet told of.
+    committed: BTreeMap<i32, i64>,
     parts: BTreeMap<i32, Part>,
     refused: BTreeMap<i32, Refused>,
     /// The last assignment (or join): the group was settled then.
@@ -212,6 +238,69 @@ struct Engine {
     staged: Staged,
 }
 
+/// The thread that writes the store's commits, one batch at a time: the
+/// store and a batch's jobs are sent to it and come back, with what each
+/// commit did, once the batch is written. The loop polls and applies the
+/// next batch meanwhile: a commit of 16,384 records' rows (2.5–3 ms each, a
+/// partition at a time) otherwise stood still beside the broker's fetches.
+/// The store is used by one thread at a time, so it needs no lock, and any
+/// other use of it waits for the batch first ([`Engine::store`]).
+struct Committer {
+    jobs: mpsc::Sender<(Box<dyn ViewStore>, Vec<CommitJob>)>,
+    done: mpsc::Receiver<(Box<dyn ViewStore>, Vec<Written>)>,
+}
+
+/// What one partition's commit did, and how long the store took.
+struct Written {
+    partition: i32,
+    rows: usize,
+    took: Duration,
+    result: Result<Committed, PipelineError>,
+}
+
+impl Committer {
+    fn start(store_name: String, stop: Arc<AtomicBool>) -> anyhow::Result<Committer> {
+        let (jobs, inbox) = mpsc::channel::<(Box<dyn ViewStore>, Vec<CommitJob>)>();
+        let (outbox, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("store-commits".into())
+            .spawn(move || {
+                // Ends when the engine (and with it the sender) is dropped.
+                for (mut store, batch) in inbox {
+                    let written = batch
+                        .iter()
+                        .map(|job| {
+                            let p = job.partition();
+                            let t = Instant::now();
+                            // A store that is away (Scylla replicas down, a
+                            // busy file) is waited for: the same commit is
+                            // retried, nothing is committed to Kafka ahead of
+                            // it, and the worker does not exit.
+                            let result = retry_transient(
+                                &format!("committing partition {p}"),
+                                &store_name,
+                                &stop,
+                                || job.write(&mut *store),
+                            );
+                            Written { partition: p, rows: job.rows(), took: t.elapsed(), result }
+                        })
+                        .collect();
+                    if outbox.send((store, written)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .context("starting the view store's committer thread")?;
+        Ok(Committer { jobs, done })
+    }
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Committer")
+    }
+}
+
 /// What [`Engine::stage`] applied and [`Engine::commit_staged`] has not yet
 /// committed: the partitions (and whether each asked for a snapshot) and
 /// their DLQ records, queued to the producer and perhaps not yet
@@ -234,7 +323,11 @@ impl Engine {
         stop: Arc<AtomicBool>,
     ) -> Engine {
         Engine {
-            store,
+            store_name: store.describe(),
+            store: Some(store),
+            committer: None,
+            in_flight: None,
+            committed: BTreeMap::new(),
             parts: BTreeMap::new(),
             refused: BTreeMap::new(),
             settled_at: Instant::now(),
@@ -254,17 +347,16 @@ impl Engine {
     }
 
     /// The version a claim goes to: the replay's, or the live one now.
-    fn claim_version(&self) -> anyhow::Result<Version> {
-        match &self.target {
-            Some(v) => Ok(v.clone()),
-            None => retry_transient(
-                "reading the live view version",
-                &self.store.describe(),
-                &self.stop,
-                || self.store.live().map_err(PipelineError::from),
-            )
-            .context("reading the live view version"),
+    fn claim_version(&mut self) -> anyhow::Result<Version> {
+        if let Some(v) = &self.target {
+            return Ok(v.clone());
         }
+        let (name, stop) = (self.store_name.clone(), self.stop.clone());
+        let store = self.store()?;
+        retry_transient("reading the live view version", &name, &stop, || {
+            store.live().map_err(PipelineError::from)
+        })
+        .context("reading the live view version")
     }
 
     /// Claims `partition` and says where to resume, or None when the
@@ -276,21 +368,19 @@ impl Engine {
         let started = Instant::now();
         let stop = self.stop.clone();
         let version = self.claim_version()?;
-        let (runner, resume, discarded) = retry_transient(
-            &format!("claiming partition {partition}"),
-            &self.store.describe(),
-            &stop,
-            || {
+        let (partitions, core, name) = (self.partitions, self.core, self.store_name.clone());
+        let store = self.store()?;
+        let (runner, resume, discarded) =
+            retry_transient(&format!("claiming partition {partition}"), &name, &stop, || {
                 PartitionRunner::claim_or_rebuild(
-                    &mut *self.store,
+                    &mut *store,
                     &version,
                     partition,
-                    self.partitions,
-                    self.core,
+                    partitions,
+                    core,
                 )
-            },
-        )
-        .with_context(|| format!("claiming partition {partition} in version `{version}`"))?;
+            })
+            .with_context(|| format!("claiming partition {partition} in version `{version}`"))?;
         let took = started.elapsed();
         self.report.claims += 1;
         self.report.claim_time += took;
@@ -392,15 +482,134 @@ impl Engine {
 
     /// Applies and commits the pending records of the partitions `which`
     /// selects, with a snapshot if `final_snapshot` (revocation, shutdown)
-    /// or when one is due, and commits whatever was staged before. Returns
-    /// the offsets committed, for Kafka.
+    /// or when one is due, and commits whatever was staged before; returns
+    /// once the store holds all of it. Returns the offsets committed, for Kafka.
     fn flush(
         &mut self,
         which: impl Fn(i32) -> bool,
         final_snapshot: bool,
     ) -> anyhow::Result<Vec<(i32, i64)>> {
         self.stage(which, final_snapshot);
-        self.commit_staged()
+        self.commit_staged()?;
+        self.settle()?;
+        Ok(self.committed_offsets())
+    }
+
+    /// The offsets the store took since Kafka was last told, for Kafka.
+    fn committed_offsets(&mut self) -> Vec<(i32, i64)> {
+        std::mem::take(&mut self.committed).into_iter().collect()
+    }
+
+    /// The view store, once the committer thread finished the batch it was
+    /// writing (if any): every use of the store but the committer's goes
+    /// through here, so claims, touches and version switches see every
+    /// commit made before them.
+    fn store(&mut self) -> anyhow::Result<&mut dyn ViewStore> {
+        self.settle()?;
+        match self.store.as_deref_mut() {
+            Some(store) => Ok(store),
+            None => Err(anyhow::anyhow!(
+                "the view store ({}) was lost with its committer thread, which ended while writing",
+                self.store_name
+            )),
+        }
+    }
+
+    /// Waits for the batch the committer thread is writing, takes the store
+    /// back, and records what each partition's commit did. A commit that
+    /// failed for good is returned, and also kept in `fatal` (it may surface
+    /// where an error is only logged, as a revocation's): the runner whose
+    /// rows it held is dropped, since they are no longer marked changed.
+    fn settle(&mut self) -> anyhow::Result<()> {
+        let Some(started) = self.in_flight.take() else { return Ok(()) };
+        let waited = Instant::now();
+        let done = self.committer.as_ref().map(|c| c.done.recv());
+        self.report.store_wait += waited.elapsed();
+        let Some(Ok((store, written))) = done else {
+            self.parts.clear();
+            let err = anyhow::anyhow!(
+                "the view store's committer thread ended while writing (see the panic above); nothing more can be committed"
+            );
+            self.fatal.get_or_insert(anyhow::anyhow!("{err}"));
+            return Err(err);
+        };
+        self.store = Some(store);
+        let mut failed = None;
+        let mut any = false;
+        for Written { partition: p, rows, took, result } in written {
+            if result.is_ok() {
+                self.report.rows += rows as u64;
+            }
+            match result {
+                Ok(Committed::SnapshotFailed { next_offset, snapshot_bytes, error }) => {
+                    self.report.commits += 1;
+                    self.report.commit_time += took;
+                    self.report.snapshot_failures += 1;
+                    metrics::counter!("swabstream_snapshot_failures_total").increment(1);
+                    tracing::warn!(
+                        partition = p,
+                        snapshot_bytes,
+                        "the store did not take the partition's snapshot ({error}); rows and offset {next_offset} were committed without it, and the snapshot is tried again at the next interval"
+                    );
+                    if let Some(part) = self.parts.get_mut(&p) {
+                        part.last_snapshot = Instant::now();
+                    }
+                    self.committed.insert(p, next_offset);
+                    any = true;
+                }
+                Ok(Committed::Written { next_offset, snapshot, snapshot_bytes }) => {
+                    if snapshot {
+                        self.report.snapshots += 1;
+                        self.report.snapshot_bytes += snapshot_bytes as u64;
+                        self.report.snapshot_time += took;
+                        if let Some(part) = self.parts.get_mut(&p) {
+                            part.last_snapshot = Instant::now();
+                            part.snapshot_at = Some(next_offset);
+                        }
+                        metrics::histogram!("swabstream_snapshot_seconds")
+                            .record(took.as_secs_f64());
+                    } else {
+                        self.report.commits += 1;
+                        self.report.commit_time += took;
+                    }
+                    self.committed.insert(p, next_offset);
+                    any = true;
+                }
+                Ok(Committed::Replaying { .. } | Committed::Idle) => {}
+                Err(e) if e.is_fenced() => {
+                    if let Some(part) = self.parts.get(&p) {
+                        let version = part.runner.version().clone();
+                        if self.target.is_some() {
+                            self.fenced.push((p, e.to_string()));
+                        } else {
+                            tracing::warn!(
+                                partition = p,
+                                version = %version,
+                                "another worker owns the partition now: {e}"
+                            );
+                        }
+                    }
+                    self.release(p);
+                }
+                Err(e) => {
+                    self.release(p);
+                    failed.get_or_insert(
+                        anyhow::Error::new(e).context(format!("committing partition {p}")),
+                    );
+                }
+            }
+        }
+        if any {
+            self.report.batches += 1;
+            metrics::histogram!("swabstream_batch_seconds").record(started.elapsed().as_secs_f64());
+        }
+        match failed {
+            Some(err) => {
+                self.fatal.get_or_insert(anyhow::anyhow!("{err:#}"));
+                Err(err)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Applies the pending records of the partitions `which` selects and
@@ -443,13 +652,14 @@ impl Engine {
     }
 
     /// Commits what [`Self::stage`] applied: waits until the DLQ holds the
-    /// staged rejected records, then commits each staged partition's rows
-    /// and offset (and snapshot when due) to the store. Returns the offsets
-    /// committed, for Kafka.
+    /// staged rejected records, waits for the batch before to be written,
+    /// then hands each staged partition's rows and offset (and snapshot when
+    /// due) to the committer thread, which writes them while the loop polls
+    /// and applies the next batch. Returns the offsets the store took since
+    /// Kafka was last told (the batch before's), for Kafka.
     fn commit_staged(&mut self) -> anyhow::Result<Vec<(i32, i64)>> {
         let Staged { parts: touched, dlq: batch, unqueued, started } =
             std::mem::take(&mut self.staged);
-        let Some(started) = started else { return Ok(Vec::new()) };
         if !batch.is_empty()
             && let Some(producer) = self.dlq.as_mut()
         {
@@ -463,75 +673,46 @@ impl Engine {
             self.report.dlq_records += batch.len() as u64;
             self.report.dlq_time += t.elapsed();
         }
-        let mut committed = Vec::new();
+        // One batch at a time reaches the store, in order: a partition
+        // fenced off in the batch before is let go before its next commit is
+        // taken, and a commit never overtakes an earlier one.
+        self.settle()?;
+        let Some(started) = started else { return Ok(self.committed_offsets()) };
+        let mut jobs = Vec::new();
         for (p, final_snapshot) in touched {
             let Some(part) = self.parts.get_mut(&p) else { continue };
             let next = part.runner.next_offset();
             let due = part.last_snapshot.elapsed() >= self.snapshot_interval || final_snapshot;
             let snapshot = due && next.is_some() && next != part.snapshot_at;
-            let t = Instant::now();
-            // A store that is away (Scylla replicas down, a busy file) is
-            // waited for: the same commit is retried, nothing is committed
-            // to Kafka ahead of it, and the worker does not exit.
-            let stop = self.stop.clone();
-            let store = &mut self.store;
-            let where_ = store.describe();
-            let result =
-                retry_transient(&format!("committing partition {p}"), &where_, &stop, || {
-                    part.runner.commit(&mut **store, snapshot)
-                });
-            match result {
-                Ok(Committed::SnapshotFailed { next_offset, snapshot_bytes, error }) => {
-                    self.report.commits += 1;
-                    self.report.commit_time += t.elapsed();
-                    self.report.snapshot_failures += 1;
-                    metrics::counter!("swabstream_snapshot_failures_total").increment(1);
-                    tracing::warn!(
-                        partition = p,
-                        snapshot_bytes,
-                        "the store did not take the partition's snapshot ({error}); rows and offset {next_offset} were committed without it, and the snapshot is tried again at the next interval"
-                    );
-                    part.last_snapshot = Instant::now();
-                    committed.push((p, next_offset));
-                }
-                Ok(Committed::Written { next_offset, snapshot, snapshot_bytes }) => {
-                    let took = t.elapsed();
-                    if snapshot {
-                        self.report.snapshots += 1;
-                        self.report.snapshot_bytes += snapshot_bytes as u64;
-                        self.report.snapshot_time += took;
-                        part.last_snapshot = Instant::now();
-                        part.snapshot_at = Some(next_offset);
-                        metrics::histogram!("swabstream_snapshot_seconds")
-                            .record(took.as_secs_f64());
-                    } else {
-                        self.report.commits += 1;
-                        self.report.commit_time += took;
-                    }
-                    committed.push((p, next_offset));
-                }
-                Ok(Committed::Replaying { .. } | Committed::Idle) => {}
-                Err(e) if e.is_fenced() => {
-                    let version = part.runner.version().clone();
-                    if self.target.is_some() {
-                        self.fenced.push((p, e.to_string()));
-                    } else {
-                        tracing::warn!(
-                            partition = p,
-                            version = %version,
-                            "another worker owns the partition now: {e}"
-                        );
-                    }
-                    self.release(p);
-                }
-                Err(e) => return Err(e).context(format!("committing partition {p}")),
+            if let Ok(job) = part.runner.take_commit(snapshot) {
+                jobs.push(job);
             }
         }
-        if !committed.is_empty() {
-            self.report.batches += 1;
-            metrics::histogram!("swabstream_batch_seconds").record(started.elapsed().as_secs_f64());
+        if !jobs.is_empty() {
+            self.send(jobs, started)?;
         }
-        Ok(committed)
+        Ok(self.committed_offsets())
+    }
+
+    /// Hands `jobs` and the store to the committer thread (started at the
+    /// first batch).
+    fn send(&mut self, jobs: Vec<CommitJob>, started: Instant) -> anyhow::Result<()> {
+        if self.committer.is_none() {
+            self.committer = Some(Committer::start(self.store_name.clone(), self.stop.clone())?);
+        }
+        let committer = self.committer.as_ref().expect("started above");
+        let Some(store) = self.store.take() else {
+            anyhow::bail!("the view store ({}) was lost with its committer thread", self.store_name)
+        };
+        if let Err(mpsc::SendError((store, jobs))) = committer.jobs.send((store, jobs)) {
+            self.store = Some(store);
+            for job in jobs {
+                self.release(job.partition());
+            }
+            anyhow::bail!("the view store's committer thread ended; nothing more can be committed");
+        }
+        self.in_flight = Some(started);
+        Ok(())
     }
 
     /// Marks this worker's partitions alive in the store (refused ones too:
@@ -544,8 +725,9 @@ impl Engine {
         for (p, r) in &self.refused {
             owned.entry(r.version.clone()).or_default().push((*p, r.epoch));
         }
+        let store = self.store()?;
         for (version, owned) in owned {
-            self.store.touch(&version, &owned).context("marking partitions alive")?;
+            store.touch(&version, &owned).context("marking partitions alive")?;
         }
         Ok(())
     }
@@ -553,8 +735,9 @@ impl Engine {
     /// The partitions this worker holds in a version that is no longer the
     /// live one, and the live one; None when there are none (or the live
     /// pointer cannot be read now: it is read again in a second).
-    fn promoted(&self) -> Option<(Version, Vec<i32>)> {
-        let live = match self.store.live() {
+    fn promoted(&mut self) -> Option<(Version, Vec<i32>)> {
+        // A failed commit found here is kept in `fatal` by `settle`.
+        let live = match self.store().ok()?.live() {
             Ok(v) => v,
             Err(e) => {
                 if crate::throttled("read-live-version") {
@@ -578,7 +761,7 @@ impl Engine {
     /// `after`. Having no partition is no sign of it (more workers than
     /// partitions leave some idle), and neither is a rebalance under way;
     /// nothing is judged until `after` has passed since the last assignment.
-    fn orphaned(&self, partitions: i32, after: Duration) -> Option<String> {
+    fn orphaned(&mut self, partitions: i32, after: Duration) -> Option<String> {
         if self.settled_at.elapsed() < after {
             return None;
         }
@@ -589,7 +772,8 @@ impl Engine {
         // Signs of life in any version: right after a promotion the new live
         // version's claims are still being made, while the owners touch the
         // old one until they switch.
-        let leases = match self.store.signs_of_life() {
+        // A failed commit found here is kept in `fatal` by `settle`.
+        let leases = match self.store().ok()?.signs_of_life() {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!("reading partition leases: {e}");
@@ -1155,7 +1339,7 @@ fn switch_version<C: ConsumerContext>(
     // A version dropped since (promoted away, then dropped before this
     // worker noticed) takes no more commits: what was polled for it is let
     // go unapplied, and read again from the live version's checkpoint.
-    let registry = e.store.registry().ok();
+    let registry = e.store()?.registry().ok();
     let abandoned: Vec<i32> = stale
         .iter()
         .copied()
@@ -1256,6 +1440,7 @@ pub fn run(
     tracing::info!(topic = %opts.topic, group = %opts.group_id, "worker started");
     let mut touched = Instant::now();
     let mut reminded = Instant::now();
+    let committed_at = std::cell::Cell::new(Instant::now());
     let result = loop {
         if stop.load(Ordering::Relaxed) {
             break Ok(());
@@ -1299,17 +1484,26 @@ pub fn run(
         // records sent, to be committed after the next poll. A batch
         // without DLQ records has nothing to overlap and is committed at
         // once, and so is every batch once a second and at the end: the
-        // version and liveness checks below then see all applied committed.
+        // version and liveness checks below then see all applied committed
+        // (they wait for the committer thread). Either way the committer
+        // writes the batch while the loop polls the next.
+        // Batches are committed together at most every `commit_interval`:
+        // a row many batches changed is written once.
         let due = touched.elapsed() >= Duration::from_secs(1);
         let commit = |e: &mut Engine| {
+            committed_at.set(Instant::now());
             e.commit_staged().map(|offsets| commit_to_kafka(&consumer, &opts.topic, &offsets))
         };
-        if let Err(err) = commit(&mut e) {
+        if (due || committed_at.get().elapsed() >= opts.commit_interval)
+            && let Err(err) = commit(&mut e)
+        {
             break Err(err);
         }
         e.stage(|_| true, false);
         let caught_up = opts.until_caught_up && e.caught_up();
-        if (due || caught_up || e.staged.dlq.is_empty())
+        if (due
+            || caught_up
+            || (e.staged.dlq.is_empty() && committed_at.get().elapsed() >= opts.commit_interval))
             && let Err(err) = commit(&mut e)
         {
             break Err(err);
@@ -1376,6 +1570,11 @@ pub fn run(
             && let Ok(offsets) = e.flush(|_| true, true)
         {
             commit_to_kafka(&consumer, &opts.topic, &offsets);
+        }
+        // Leaving on an error: a batch the committer is writing is let
+        // finish, so nothing of this worker writes the store once it returned.
+        if let Err(err) = e.settle() {
+            tracing::warn!("the last batch's commit failed: {err:#}");
         }
         e.parts.clear();
         e.refused.clear();
@@ -1480,6 +1679,7 @@ pub fn replay(
     consumer.assign(&start)?;
     let engine = Mutex::new(engine);
     let mut applied = 0u64;
+    let mut committed_at = Instant::now();
     let result = loop {
         if stop.load(Ordering::Relaxed) {
             break Err(anyhow::anyhow!("replay interrupted"));
@@ -1489,18 +1689,17 @@ pub fn replay(
         let mut e = lock(&engine);
         e.report.poll_time += polling.elapsed();
         applied += e.pending() as u64;
-        if let Err(err) = e.flush(|_| true, false) {
-            break Err(err);
-        }
-        if !e.fenced.is_empty() {
-            let offsets = e.store.offsets(version).unwrap_or_default();
-            break Err(ReplayFenced {
-                version: version.name.clone(),
-                partitions: e.fenced.iter().map(|(p, _)| *p).collect(),
-                detail: e.fenced[0].1.clone(),
-                checkpoints: offsets,
+        // Committed every `commit_interval`, and written while the next
+        // batches are polled; a partition fenced off is seen a commit later.
+        e.stage(|_| true, false);
+        if committed_at.elapsed() >= opts.commit_interval {
+            committed_at = Instant::now();
+            if let Err(err) = e.commit_staged() {
+                break Err(err);
             }
-            .into());
+        }
+        if let Some(fenced) = replay_fenced(&mut e, version) {
+            break Err(fenced.into());
         }
         progress(applied.min(total), total);
         if e.caught_up() {
@@ -1508,15 +1707,34 @@ pub fn replay(
         }
     };
     let mut e = lock(&engine);
+    let mut result = result;
     if result.is_ok() {
         e.flush(|_| true, true)?;
+        // The last batches' commits were written after the loop's check.
+        if let Some(fenced) = replay_fenced(&mut e, version) {
+            result = Err(fenced.into());
+        }
     }
-    let offsets = e.store.offsets(version)?.into_iter().collect();
+    let offsets = e.store()?.offsets(version)?.into_iter().collect();
     let mut report = e.report.clone();
     report.elapsed = started.elapsed();
     drop(e);
     drop_in_background(consumer);
     result.map(|()| (report, offsets))
+}
+
+/// The replay's error once another writer claimed one of its partitions.
+fn replay_fenced(e: &mut Engine, version: &Version) -> Option<ReplayFenced> {
+    if e.fenced.is_empty() {
+        return None;
+    }
+    let offsets = e.store().ok().and_then(|s| s.offsets(version).ok()).unwrap_or_default();
+    Some(ReplayFenced {
+        version: version.name.clone(),
+        partitions: e.fenced.iter().map(|(p, _)| *p).collect(),
+        detail: e.fenced[0].1.clone(),
+        checkpoints: offsets,
+    })
 }
 
 #[cfg(test)]

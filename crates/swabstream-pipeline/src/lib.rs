@@ -27,6 +27,7 @@ use swabstream_core::{
     CoreConfig, DlqRecord, OutcomeCounts, PartitionState, Placement, Record, SnapshotError,
 };
 use swabstream_store::{StoreError, Version, ViewStore};
+use swabstream_views::ViewRow;
 
 /// Why a partition cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -267,31 +268,98 @@ impl PartitionRunner {
 
     /// Writes the rows changed since the last commit and the offset they
     /// reflect, with a snapshot of the state when `snapshot` is set, in one
-    /// store transaction. Call only after the batch's DLQ records were acknowledged.
+    /// store transaction. Call only after the batch's DLQ records were
+    /// acknowledged. The rows stay marked changed until the store took them,
+    /// so a failed commit (a busy disk, say) is simply retried with the next
+    /// one.
     pub fn commit(
         &mut self,
         store: &mut dyn ViewStore,
         snapshot: bool,
     ) -> Result<Committed, PipelineError> {
-        let Some(next) = self.state.next_offset() else { return Ok(Committed::Idle) };
+        let job = match self.commit_due(snapshot) {
+            Ok(job) => job,
+            Err(nothing) => return Ok(nothing),
+        };
+        let next = job.next_offset;
+        let outcome = job.write(store)?;
+        self.state.clear_changes();
+        self.written = next;
+        Ok(outcome)
+    }
+
+    /// Takes what [`Self::commit`] would write, as a job another thread can
+    /// write while this runner applies the next batch: the changed rows are
+    /// taken (marked written) now, so the rows the next batch changes are
+    /// the next job's. The job must be written, retried until it is, before
+    /// the runner's next job; when it fails for good, the runner must be
+    /// dropped (claimed again), since its rows are no longer marked changed.
+    /// `Err` says why there is nothing to write (as [`Self::commit`] would).
+    pub fn take_commit(&mut self, snapshot: bool) -> Result<CommitJob, Committed> {
+        let job = self.commit_due(snapshot)?;
+        self.state.clear_changes();
+        self.written = job.next_offset;
+        Ok(job)
+    }
+
+    fn commit_due(&self, snapshot: bool) -> Result<CommitJob, Committed> {
+        let Some(next) = self.state.next_offset() else { return Err(Committed::Idle) };
         if next < self.checkpoint {
-            return Ok(Committed::Replaying { next_offset: next, checkpoint: self.checkpoint });
+            return Err(Committed::Replaying { next_offset: next, checkpoint: self.checkpoint });
         }
         if next == self.written && !self.state.has_changes() && !snapshot {
-            return Ok(Committed::Idle);
+            return Err(Committed::Idle);
         }
-        let bytes = snapshot.then(|| self.state.snapshot());
-        // The rows stay marked changed until the store took them, so a failed
-        // commit (a busy disk, say) is simply retried with the next one.
-        let rows = self.state.changes();
-        let mut outcome = Committed::Written {
+        Ok(CommitJob {
+            version: self.version.clone(),
+            partition: self.partition,
+            epoch: self.epoch,
+            rows: self.state.changes(),
             next_offset: next,
-            snapshot,
-            snapshot_bytes: bytes.as_ref().map_or(0, Vec::len),
-        };
-        let v = &self.version;
-        match store.commit(v, self.partition, self.epoch, &rows, next, bytes.as_deref()) {
-            Ok(()) => {}
+            snapshot: snapshot.then(|| self.state.snapshot()),
+        })
+    }
+}
+
+/// One partition's commit, taken from its runner ([`PartitionRunner::take_commit`]):
+/// the rows changed since the last one, with absolute values, the offset
+/// they reflect, and the state's snapshot when one is due. Writing it again
+/// after a failure writes the same rows.
+#[derive(Debug)]
+pub struct CommitJob {
+    version: Version,
+    partition: i32,
+    epoch: i64,
+    rows: Vec<ViewRow>,
+    next_offset: i64,
+    snapshot: Option<Vec<u8>>,
+}
+
+impl CommitJob {
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// How many view rows it writes.
+    pub fn rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Writes the job in one store transaction.
+    pub fn write(&self, store: &mut dyn ViewStore) -> Result<Committed, PipelineError> {
+        let (v, p, epoch, next) = (&self.version, self.partition, self.epoch, self.next_offset);
+        let bytes = self.snapshot.as_deref();
+        let snapshot_bytes = bytes.map_or(0, <[u8]>::len);
+        match store.commit(v, p, epoch, &self.rows, next, bytes) {
+            Ok(()) => Ok(Committed::Written {
+                next_offset: next,
+                snapshot: bytes.is_some(),
+                snapshot_bytes,
+            }),
             // A snapshot the store cannot take (too large, a disk filling up)
             // must not stop the partition: the rows and offset go without it,
             // and recovery replays from the previous snapshot instead.
@@ -300,18 +368,15 @@ impl PartitionRunner {
                     && !e.is_fenced()
                     && !matches!(e, StoreError::Regress { .. }) =>
             {
-                store.commit(v, self.partition, self.epoch, &rows, next, None)?;
-                outcome = Committed::SnapshotFailed {
+                store.commit(v, p, epoch, &self.rows, next, None)?;
+                Ok(Committed::SnapshotFailed {
                     next_offset: next,
-                    snapshot_bytes: bytes.as_ref().map_or(0, Vec::len),
+                    snapshot_bytes,
                     error: e.to_string(),
-                };
+                })
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => Err(e.into()),
         }
-        self.state.clear_changes();
-        self.written = next;
-        Ok(outcome)
     }
 }
 

@@ -152,6 +152,12 @@ pub struct WorkerConfig {
     /// Longest wait to fill a batch.
     #[serde(with = "humantime_serde")]
     pub batch_max_wait: Duration,
+    /// How often the applied batches' rows and offsets are committed to the
+    /// view store (at most; a revocation, a shutdown or reaching the end of
+    /// the log commits at once). The analysts' views lag the log by about
+    /// this much; a longer interval writes a row changed by many batches once.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
     /// How often a partition's state snapshot is written with its checkpoint.
     #[serde(with = "humantime_serde")]
     pub snapshot_interval: Duration,
@@ -325,6 +331,7 @@ impl Default for WorkerConfig {
         WorkerConfig {
             batch_max_records: 16384,
             batch_max_wait: Duration::from_millis(200),
+            commit_interval: Duration::from_millis(250),
             snapshot_interval: Duration::from_secs(30),
             orphan_after: Duration::from_secs(60),
         }

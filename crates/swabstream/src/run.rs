@@ -25,6 +25,7 @@ pub fn options(config: &Config, until_caught_up: bool) -> WorkerOptions {
         core: CoreConfig { retention_days: config.core.retention_days },
         batch_max_records: config.worker.batch_max_records,
         batch_max_wait: config.worker.batch_max_wait,
+        commit_interval: config.worker.commit_interval,
         snapshot_interval: config.worker.snapshot_interval,
         orphan_after: config.worker.orphan_after,
         until_caught_up,
