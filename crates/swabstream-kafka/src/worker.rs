@@ -88,7 +88,8 @@ pub struct WorkerOptions {
 pub struct Report {
     pub counts: OutcomeCounts,
     pub dlq_records: u64,
-    pub batches: u64,
+    /// Rounds of store commits (one commit per partition that changed).
+    pub rounds: u64,
     /// Store commits without a snapshot: how many, and their total time.
     pub commits: u64,
     pub commit_time: Duration,
@@ -113,6 +114,9 @@ pub struct Report {
     /// the batch before (the store's own time is `commit_time` and
     /// `snapshot_time`, spent beside the loop's).
     pub store_wait: Duration,
+    /// From the call to the consumer's subscription: the topic's metadata,
+    /// the store's partition check, the DLQ producer.
+    pub setup: Duration,
     pub elapsed: Duration,
 }
 
@@ -600,7 +604,7 @@ impl Engine {
             }
         }
         if any {
-            self.report.batches += 1;
+            self.report.rounds += 1;
             metrics::histogram!("swabstream_batch_seconds").record(started.elapsed().as_secs_f64());
         }
         match failed {
@@ -1436,6 +1440,7 @@ pub fn run(
         .config(Role::Consumer, &consumer_defaults(&opts.group_id))
         .create_with_context(ctx)?;
     lock(&engine).partitions = partitions;
+    lock(&engine).report.setup = started.elapsed();
     consumer.subscribe(&[&opts.topic])?;
     tracing::info!(topic = %opts.topic, group = %opts.group_id, "worker started");
     let mut touched = Instant::now();

@@ -156,6 +156,8 @@ pub struct WorkerConfig {
     /// view store (at most; a revocation, a shutdown or reaching the end of
     /// the log commits at once). The analysts' views lag the log by about
     /// this much; a longer interval writes a row changed by many batches once.
+    /// A worker commits at least once a second whatever it says (with its
+    /// touch of the store); a replay follows it.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
     /// How often a partition's state snapshot is written with its checkpoint.
@@ -457,6 +459,7 @@ mod tests {
                 "security.protocol" = "SASL_SSL"
                 [worker]
                 batch_max_wait = "50ms"
+                commit_interval = "1s"
                 "#,
             )?;
             jail.set_env("SWABSTREAM_KAFKA__PARTITIONS", "24");
@@ -467,6 +470,7 @@ mod tests {
             assert_eq!(c.kafka.partitions, 24, "the environment wins over the file");
             assert_eq!(c.kafka.client["security.protocol"], "SASL_SSL");
             assert_eq!(c.worker.batch_max_wait, Duration::from_millis(50));
+            assert_eq!(c.worker.commit_interval, Duration::from_secs(1));
             assert_eq!(c.worker.snapshot_interval, Duration::from_secs(120));
             assert_eq!(c.kafka.topic, "sampling-events", "unset keys keep their defaults");
             assert_eq!(c.store_path(), PathBuf::from("/var/lib/swabstream/views.db"));

@@ -57,7 +57,7 @@ pub fn run(rt: &tokio::runtime::Runtime, args: Args, config: &Config) -> anyhow:
 pub fn summary(r: &Report) -> String {
     let c = &r.counts;
     format!(
-        "applied {} records in {:.2?} ({:.0} events/s): {} accepted, {} duplicates, {} rejected ({} to the DLQ); {} batches, {} snapshots{}",
+        "applied {} records in {:.2?} ({:.0} events/s): {} accepted, {} duplicates, {} rejected ({} to the DLQ); {} rounds of store commits, {} snapshots{}",
         c.applied(),
         r.elapsed,
         c.applied() as f64 / r.elapsed.as_secs_f64().max(1e-9),
@@ -65,7 +65,7 @@ pub fn summary(r: &Report) -> String {
         c.duplicates,
         c.rejected_total(),
         r.dlq_records,
-        r.batches,
+        r.rounds,
         r.snapshots,
         if r.snapshot_failures > 0 {
             format!(" ({} snapshots the store did not take)", r.snapshot_failures)
