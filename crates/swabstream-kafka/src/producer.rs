@@ -142,11 +142,20 @@ impl Publisher {
     /// Asks the cluster for `topic`'s metadata now, so that the producer's
     /// connection is up and the topic known before its first record: the
     /// worker's first DLQ acknowledgement took 0.87 s from a producer made
-    /// just before, the whole of a short run's DLQ wait. It still takes
-    /// ~0.4 s in some runs (the idempotent producer's ID, which librdkafka
-    /// requests on its own timer). Errors are left to the sends.
+    /// just before, the whole of a short run's DLQ wait. Asked twice:
+    /// librdkafka requests the idempotent producer's id when a metadata
+    /// answer comes, from a broker whose connection is up, and else retries
+    /// on a 500 ms timer; the first answer (over the bootstrap connection)
+    /// often came before the connection to the broker it names was up, and
+    /// the first acknowledgement then took 505–517 ms (five runs in five
+    /// on the embedded broker), against 7–14 ms after a second answer.
+    /// Errors are left to the sends.
     pub fn prepare(&self, topic: &str, timeout: Duration) {
-        let _ = self.producer.client().fetch_metadata(Some(topic), timeout);
+        let started = Instant::now();
+        let client = self.producer.client();
+        if client.fetch_metadata(Some(topic), timeout).is_ok() {
+            let _ = client.fetch_metadata(Some(topic), timeout.saturating_sub(started.elapsed()));
+        }
     }
 
     /// The largest record this producer sends (its `message.max.bytes`:
