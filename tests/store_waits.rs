@@ -17,55 +17,19 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use swabstream_kafka::Cluster;
 use swabstream_kafka::worker::{self, WorkerOptions};
-use swabstream_store::{StoreError, Version, ViewStore};
+use swabstream_store::faulty::Faulty;
+use swabstream_store::{StoreError, ViewStore};
 use swabstream_store_sqlite::SqliteStore;
-use swabstream_views::{ViewRow, ViewSet};
 
 /// The real store, refusing every third commit with a transient error and
 /// taking its time over the others (so that commits overlap the polling).
-#[derive(Debug)]
-struct Away {
-    inner: SqliteStore,
-    calls: Arc<AtomicU64>,
-    refused: Arc<AtomicU64>,
-}
-
-impl ViewStore for Away {
-    fn describe(&self) -> String {
-        format!("a store away now and then, over {}", self.inner.describe())
-    }
-    fn check_partition_count(&mut self, n: i32) -> Result<(), StoreError> {
-        self.inner.check_partition_count(n)
-    }
-    fn registry(&self) -> Result<swabstream_store::Registry, StoreError> {
-        self.inner.registry()
-    }
-    fn create_version(&mut self, name: &str) -> Result<Version, StoreError> {
-        self.inner.create_version(name)
-    }
-    fn promote(&mut self, name: &str) -> Result<swabstream_store::Promotion, StoreError> {
-        self.inner.promote(name)
-    }
-    fn promote_back(&mut self) -> Result<swabstream_store::Promotion, StoreError> {
-        self.inner.promote_back()
-    }
-    fn drop_version(&mut self, name: &str) -> Result<Version, StoreError> {
-        self.inner.drop_version(name)
-    }
-    fn claim(&mut self, v: &Version, p: i32) -> Result<swabstream_store::Claim, StoreError> {
-        self.inner.claim(v, p)
-    }
-    fn commit(
-        &mut self,
-        v: &Version,
-        p: i32,
-        epoch: i64,
-        rows: &[ViewRow],
-        next: i64,
-        snapshot: Option<&[u8]>,
-    ) -> Result<(), StoreError> {
-        if self.calls.fetch_add(1, Ordering::Relaxed) % 3 == 1 {
-            self.refused.fetch_add(1, Ordering::Relaxed);
+/// Counts the commits refused in `refused`.
+fn away_at_times(store: SqliteStore, refused: Arc<AtomicU64>) -> Faulty<SqliteStore> {
+    let mut calls = 0u64;
+    Faulty::new(store).on_commit(move |store, c| {
+        calls += 1;
+        if calls % 3 == 2 {
+            refused.fetch_add(1, Ordering::Relaxed);
             return Err(StoreError::Backend {
                 store: "test",
                 transient: true,
@@ -73,33 +37,8 @@ impl ViewStore for Away {
             });
         }
         std::thread::sleep(Duration::from_millis(20));
-        self.inner.commit(v, p, epoch, rows, next, snapshot)
-    }
-    fn touch(&mut self, v: &Version, owned: &[(i32, i64)]) -> Result<(), StoreError> {
-        self.inner.touch(v, owned)
-    }
-    fn checkpoint(
-        &self,
-        v: &Version,
-        p: i32,
-    ) -> Result<Option<swabstream_store::Checkpoint>, StoreError> {
-        self.inner.checkpoint(v, p)
-    }
-    fn partitions(
-        &self,
-        v: &Version,
-    ) -> Result<Vec<swabstream_store::PartitionStatus>, StoreError> {
-        self.inner.partitions(v)
-    }
-    fn signs_of_life(&self) -> Result<Vec<swabstream_store::Life>, StoreError> {
-        self.inner.signs_of_life()
-    }
-    fn version_views(&self, v: &Version) -> Result<ViewSet, StoreError> {
-        self.inner.version_views(v)
-    }
-    fn partition_views(&self, v: &Version, p: i32) -> Result<ViewSet, StoreError> {
-        self.inner.partition_views(v, p)
-    }
+        c.send(store)
+    })
 }
 
 /// The offsets the group committed to Kafka, per partition (absent: none).
@@ -140,13 +79,9 @@ fn a_store_away_now_and_then_is_waited_for_and_kafka_never_leads_it() {
         orphan_after: Duration::from_secs(60),
         until_caught_up: true,
     };
-    let calls = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
-    let store = Away {
-        inner: SqliteStore::open(&env.store_path(), &env.topic).unwrap(),
-        calls: calls.clone(),
-        refused: refused.clone(),
-    };
+    let store =
+        away_at_times(SqliteStore::open(&env.store_path(), &env.topic).unwrap(), refused.clone());
     let cluster = Cluster::embedded(broker.addr.clone());
     let running = Arc::new(AtomicBool::new(true));
 

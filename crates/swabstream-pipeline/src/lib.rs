@@ -383,82 +383,25 @@ impl CommitJob {
 #[cfg(test)]
 mod tests {
     use swabstream_events::Timestamp;
-    use swabstream_store::{Claim, PartitionStatus, StoreError, ViewStore};
+    use swabstream_store::faulty::Faulty;
+    use swabstream_store::{StoreError, ViewStore};
     use swabstream_store_sqlite::SqliteStore;
-    use swabstream_views::{ViewRow, ViewSet};
 
     use super::*;
 
     /// A store whose snapshots read back damaged: `Corrupt` from the claim
     /// (a chunk's CRC), or bytes the core cannot restore.
-    #[derive(Debug)]
-    struct Damaged(SqliteStore, bool);
-
-    impl ViewStore for Damaged {
-        fn describe(&self) -> String {
-            self.0.describe()
-        }
-        fn check_partition_count(&mut self, n: i32) -> Result<(), StoreError> {
-            self.0.check_partition_count(n)
-        }
-        fn registry(&self) -> Result<swabstream_store::Registry, StoreError> {
-            self.0.registry()
-        }
-        fn create_version(&mut self, name: &str) -> Result<Version, StoreError> {
-            self.0.create_version(name)
-        }
-        fn promote(&mut self, name: &str) -> Result<swabstream_store::Promotion, StoreError> {
-            self.0.promote(name)
-        }
-        fn promote_back(&mut self) -> Result<swabstream_store::Promotion, StoreError> {
-            self.0.promote_back()
-        }
-        fn drop_version(&mut self, name: &str) -> Result<Version, StoreError> {
-            self.0.drop_version(name)
-        }
-        fn claim(&mut self, v: &Version, p: i32) -> Result<Claim, StoreError> {
-            let mut claim = self.0.claim(v, p)?;
-            if self.1 {
+    fn damaged(store: SqliteStore, corrupt: bool) -> Faulty<SqliteStore> {
+        Faulty::new(store).on_claim(move |store, v, p| {
+            let mut claim = store.claim(v, p)?;
+            if corrupt {
                 return Err(StoreError::Corrupt("snapshot at offset 10: CRC mismatch".into()));
             }
             if let Some(s) = claim.checkpoint.as_mut().and_then(|c| c.snapshot.as_mut()) {
                 s.bytes = b"not a snapshot".to_vec();
             }
             Ok(claim)
-        }
-        fn commit(
-            &mut self,
-            v: &Version,
-            p: i32,
-            epoch: i64,
-            rows: &[ViewRow],
-            next: i64,
-            snapshot: Option<&[u8]>,
-        ) -> Result<(), StoreError> {
-            self.0.commit(v, p, epoch, rows, next, snapshot)
-        }
-        fn touch(&mut self, v: &Version, owned: &[(i32, i64)]) -> Result<(), StoreError> {
-            self.0.touch(v, owned)
-        }
-        fn checkpoint(
-            &self,
-            v: &Version,
-            p: i32,
-        ) -> Result<Option<swabstream_store::Checkpoint>, StoreError> {
-            self.0.checkpoint(v, p)
-        }
-        fn partitions(&self, v: &Version) -> Result<Vec<PartitionStatus>, StoreError> {
-            self.0.partitions(v)
-        }
-        fn signs_of_life(&self) -> Result<Vec<swabstream_store::Life>, StoreError> {
-            self.0.signs_of_life()
-        }
-        fn version_views(&self, v: &Version) -> Result<ViewSet, StoreError> {
-            self.0.version_views(v)
-        }
-        fn partition_views(&self, v: &Version, p: i32) -> Result<ViewSet, StoreError> {
-            self.0.partition_views(v, p)
-        }
+        })
     }
 
     fn garbage(offsets: std::ops::Range<i64>) -> Vec<Record<'static>> {
@@ -486,11 +429,11 @@ mod tests {
             first.apply(&garbage(0..10));
             first.commit(&mut store, true).unwrap();
             assert!(
-                PartitionRunner::claim(&mut Damaged(store, corrupt), &v1, 0, 1, config).is_err()
+                PartitionRunner::claim(&mut damaged(store, corrupt), &v1, 0, 1, config).is_err()
             );
 
             let store = SqliteStore::open(&dir.join("views.db"), "t").unwrap();
-            let mut damaged = Damaged(store, corrupt);
+            let mut damaged = damaged(store, corrupt);
             let (mut runner, resume, why) =
                 PartitionRunner::claim_or_rebuild(&mut damaged, &v1, 0, 1, config).unwrap();
             assert_eq!(resume, Resume::Beginning);

@@ -14,6 +14,7 @@ use swabstream_events::Timestamp;
 use swabstream_events::avro::Codec;
 use swabstream_pipeline::{CommitJob, Committed, PartitionRunner, Resume};
 use swabstream_sim::{SimConfig, simulate};
+use swabstream_store::faulty::Faulty;
 use swabstream_store::{StoreError, Version, ViewStore};
 use swabstream_store_sqlite::SqliteStore;
 use swabstream_views::ViewSet;
@@ -255,84 +256,24 @@ proptest! {
 /// The real store with one fault: it refuses every commit carrying a
 /// snapshot, as a store does whose snapshot is past its value limit or whose
 /// disk cannot take it.
-#[derive(Debug)]
-struct RefusesSnapshots(SqliteStore);
-
-impl ViewStore for RefusesSnapshots {
-    fn describe(&self) -> String {
-        self.0.describe()
-    }
-    fn check_partition_count(&mut self, n: i32) -> Result<(), StoreError> {
-        self.0.check_partition_count(n)
-    }
-    fn registry(&self) -> Result<swabstream_store::Registry, StoreError> {
-        self.0.registry()
-    }
-    fn create_version(&mut self, name: &str) -> Result<Version, StoreError> {
-        self.0.create_version(name)
-    }
-    fn promote(&mut self, name: &str) -> Result<swabstream_store::Promotion, StoreError> {
-        self.0.promote(name)
-    }
-    fn promote_back(&mut self) -> Result<swabstream_store::Promotion, StoreError> {
-        self.0.promote_back()
-    }
-    fn drop_version(&mut self, name: &str) -> Result<Version, StoreError> {
-        self.0.drop_version(name)
-    }
-    fn claim(&mut self, v: &Version, p: i32) -> Result<swabstream_store::Claim, StoreError> {
-        self.0.claim(v, p)
-    }
-    fn commit(
-        &mut self,
-        v: &Version,
-        p: i32,
-        epoch: i64,
-        rows: &[swabstream_views::ViewRow],
-        next: i64,
-        snapshot: Option<&[u8]>,
-    ) -> Result<(), StoreError> {
-        if snapshot.is_some() {
+fn refuses_snapshots(store: SqliteStore) -> Faulty<SqliteStore> {
+    Faulty::new(store).on_commit(|store, c| {
+        if c.snapshot.is_some() {
             return Err(StoreError::Backend {
                 store: "test",
                 transient: false,
                 error: "string or blob too big".into(),
             });
         }
-        self.0.commit(v, p, epoch, rows, next, None)
-    }
-    fn touch(&mut self, v: &Version, owned: &[(i32, i64)]) -> Result<(), StoreError> {
-        self.0.touch(v, owned)
-    }
-    fn checkpoint(
-        &self,
-        v: &Version,
-        p: i32,
-    ) -> Result<Option<swabstream_store::Checkpoint>, StoreError> {
-        self.0.checkpoint(v, p)
-    }
-    fn partitions(
-        &self,
-        v: &Version,
-    ) -> Result<Vec<swabstream_store::PartitionStatus>, StoreError> {
-        self.0.partitions(v)
-    }
-    fn signs_of_life(&self) -> Result<Vec<swabstream_store::Life>, StoreError> {
-        self.0.signs_of_life()
-    }
-    fn version_views(&self, v: &Version) -> Result<ViewSet, StoreError> {
-        self.0.version_views(v)
-    }
-    fn partition_views(&self, v: &Version, p: i32) -> Result<ViewSet, StoreError> {
-        self.0.partition_views(v, p)
-    }
+        c.send(store)
+    })
 }
 
 #[test]
 fn a_snapshot_the_store_cannot_take_does_not_stop_the_partition() {
     let d = day(800, 9);
     let db = temp_db("snapshot-refused");
-    let mut store = RefusesSnapshots(SqliteStore::open(&db, "sampling-events").unwrap());
+    let mut store = refuses_snapshots(SqliteStore::open(&db, "sampling-events").unwrap());
     let log = &d.logs[0];
     let (mut runner, _) =
         PartitionRunner::claim(&mut store, &v1(), 0, PARTITIONS as i32, CoreConfig::default())

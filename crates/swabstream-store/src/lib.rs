@@ -33,6 +33,8 @@
 
 pub mod chunks;
 #[cfg(feature = "suite")]
+pub mod faulty;
+#[cfg(feature = "suite")]
 pub mod suite;
 pub mod versions;
 
